@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on a fresh machine:
+# tools, container engine, base image, then every check; a summary at the end
+# and a non-zero exit when anything failed.
+#
+# usage: tools/test.sh [--arm64]
+#   --arm64   instead of the suite: converge the mosquitto scenario on an
+#             arm64 (Raspberry Pi) container under qemu emulation.
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$EDGEFLEET_ROOT"
+
+suite_start=$(date +%s)
+results=()
+failed=0
+passed=0
+
+stage() {
+  # stage NAME CMD...: run one check, record its result and duration.
+  local name=$1; shift
+  local t0 rc
+  t0=$(date +%s)
+  log "$name"
+  "$@"
+  rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  if [ $rc -eq 0 ]; then
+    results+=("PASS  ${dt}s  $name"); passed=$((passed + 1))
+  else
+    results+=("FAIL  ${dt}s  $name (exit $rc)"); failed=$((failed + 1))
+  fi
+  return $rc
+}
+
+summary() {
+  echo
+  echo "================ edgefleet test summary ================"
+  printf '%s\n' "${results[@]}"
+  echo "total time: $(( $(date +%s) - suite_start ))s"
+  echo "suite: $passed passed, $failed failed"
+}
+
+setup() {
+  stage "python virtualenv and pinned dependencies" ensure_venv || return 1
+  stage "container engine (docker.io, dockerd)" ensure_docker || return 1
+  stage "base image $EDGEFLEET_IMAGE" ensure_image || return 1
+}
+
+if [ "${1:-}" = "--arm64" ]; then
+  export EDGEFLEET_IMAGE=edgefleet/debian12-systemd:arm64
+  if setup && stage "base image (arm64)" ensure_image arm64; then
+    EDGEFLEET_ARCH=arm64 \
+      stage "molecule mosquitto on arm64 (qemu)" molecule test -s mosquitto
+  fi
+  summary
+  [ $failed -eq 0 ]
+  exit
+fi
+
+if setup; then
+  stage "yamllint" yamllint --strict .
+  stage "ansible-lint (production profile)" ansible-lint --profile production
+  stage "pytest" python -m pytest
+  for scenario_file in molecule/*/molecule.yml; do
+    scenario=$(basename "$(dirname "$scenario_file")")
+    stage "molecule test -s $scenario" molecule test -s "$scenario"
+  done
+fi
+summary
+[ $failed -eq 0 ]
