@@ -1,0 +1,202 @@
+"""The broker as devices and services see it, through real MQTT sessions
+from the host to the container's ports published on 127.0.0.1."""
+
+import os
+import pathlib
+import ssl
+import subprocess
+import time
+import uuid
+
+import pytest
+from conftest import DEVICE_A, DEVICE_B, PLAIN_PORT, SITE, TLS_PORT, topic
+from mqttc import Client
+
+testinfra_hosts = ["ansible://controller"]
+
+
+def unique():
+    return uuid.uuid4().hex.encode()
+
+
+def wait_for_port(port, timeout=30):
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"port {port} did not come back within {timeout}s")
+
+
+def test_anonymous_refused():
+    with Client(PLAIN_PORT) as anon:
+        rc = anon.connect()
+        assert rc is not None and rc.is_failure, f"anonymous client was accepted: {rc}"
+
+
+def test_wrong_password_refused(password):
+    with Client(PLAIN_PORT, user=DEVICE_A, password=password(DEVICE_A) + "x") as c:
+        rc = c.connect()
+        assert rc is not None and rc.is_failure, f"wrong password accepted: {rc}"
+
+
+def test_device_publishes_its_own_state(connect):
+    sub = connect("telegraf")
+    assert sub.subscribe(f"site/{SITE}/+/+/state") == [1]
+    payload = unique()
+    connect(DEVICE_A).publish(topic(DEVICE_A, "state"), payload)
+    msg = sub.expect(topic(DEVICE_A, "state"), payload)
+    assert msg.payload == payload
+
+
+def test_device_cannot_publish_another_devices_state(connect):
+    sub = connect("telegraf")
+    assert sub.subscribe(topic(DEVICE_B, "state")) == [1]
+    forged = unique()
+    # MQTT 3.1.1 gives the publisher no error: the broker drops it silently.
+    connect(DEVICE_A).publish(topic(DEVICE_B, "state"), forged)
+    assert not sub.received(topic(DEVICE_B, "state"), forged, wait=2.0), "forged state reached the subscriber"
+    # control: the subscriber does see the owner's own publish
+    genuine = unique()
+    connect(DEVICE_B).publish(topic(DEVICE_B, "state"), genuine)
+    sub.expect(topic(DEVICE_B, "state"), genuine)
+
+
+# Mosquitto 2.0 answers every SUBSCRIBE with a granted SUBACK and enforces
+# the ACL when it delivers, so a denied subscription is proved by what the
+# subscriber receives, next to a control subscriber that does receive.
+
+def test_device_cannot_subscribe_to_another_devices_cmd(connect):
+    intruder = connect(DEVICE_A)
+    intruder.subscribe(topic(DEVICE_B, "cmd"))
+    owner = connect(DEVICE_B)
+    assert owner.subscribe(topic(DEVICE_B, "cmd")) == [1]
+    cmd = b'{"id": "%s", "cmd": "reboot"}' % unique()
+    connect("controller").publish(topic(DEVICE_B, "cmd"), cmd)
+    owner.expect(topic(DEVICE_B, "cmd"), cmd)
+    assert not intruder.received(topic(DEVICE_B, "cmd"), cmd, wait=1.5), "another device's cmd was delivered"
+
+
+def test_device_reads_only_its_own_retained_cfg(connect):
+    cfg = b'{"version": 7, "publish_interval_s": 5, "nonce": "%s"}' % unique()
+    connect("controller").publish(topic(DEVICE_A, "cfg"), cfg, retain=True)
+    device = connect(DEVICE_A)
+    assert device.subscribe(topic(DEVICE_A, "cfg")) == [1]
+    assert device.expect(topic(DEVICE_A, "cfg"), cfg).retain
+    other = connect(DEVICE_B)
+    other.subscribe(topic(DEVICE_A, "cfg"))
+    assert not other.received(topic(DEVICE_A, "cfg"), cfg, wait=1.5), "another device's cfg was delivered"
+
+
+def test_device_cannot_write_its_own_cfg_or_cmd(connect):
+    watcher = connect("controller")
+    assert watcher.subscribe(topic(DEVICE_A, "cfg")) == [1]
+    rogue = unique()
+    connect(DEVICE_A).publish(topic(DEVICE_A, "cfg"), rogue)
+    assert not watcher.received(topic(DEVICE_A, "cfg"), rogue, wait=1.5)
+
+
+def test_service_users_get_least_privilege(connect):
+    controller = connect("controller")
+    telegraf = connect("telegraf")
+    telegraf.subscribe(topic(DEVICE_A, "cmd"))
+    telegraf.subscribe(topic(DEVICE_A, "cfg"))
+    cmd, cfg = unique(), unique()
+    controller.publish(topic(DEVICE_A, "cmd"), cmd)
+    controller.publish(topic(DEVICE_A, "cfg"), cfg, retain=True)
+    assert not telegraf.received(topic(DEVICE_A, "cmd"), cmd, wait=1.0), "telegraf received a cmd"
+    assert not telegraf.received(topic(DEVICE_A, "cfg"), cfg, wait=1.0), "telegraf received a cfg"
+    # telegraf cannot publish at all
+    state_watcher = connect(DEVICE_A)
+    state_watcher.subscribe(topic(DEVICE_A, "cmd"))
+    forged = unique()
+    telegraf.publish(topic(DEVICE_A, "cmd"), forged)
+    assert not state_watcher.received(topic(DEVICE_A, "cmd"), forged, wait=1.0), "telegraf could send a cmd"
+    # the controller does not read telemetry; the exporter reads $SYS
+    controller.subscribe(f"site/{SITE}/+/+/state")
+    state = unique()
+    connect(DEVICE_A).publish(topic(DEVICE_A, "state"), state)
+    assert not controller.received(topic(DEVICE_A, "state"), state, wait=1.0), "controller received telemetry"
+    exporter = connect("exporter")
+    assert exporter.subscribe("$SYS/broker/uptime") == [1]
+    assert exporter.expect("$SYS/broker/uptime", timeout=15).payload.endswith(b"seconds")
+
+
+def test_tls_listener_accepts_a_client_that_trusts_the_site_ca(connect, secrets_dir):
+    c = connect("controller", port=TLS_PORT, ca_file=str(secrets_dir / "ca" / "ca.crt"))
+    assert c.subscribe(topic(DEVICE_A, "status")) == [1]
+
+
+def test_tls_listener_refuses_plain_text(password):
+    with Client(TLS_PORT, user="controller", password=password("controller")) as plain:
+        try:
+            rc = plain.connect(timeout=3)
+        except OSError:
+            rc = None
+        assert rc is None or rc.is_failure, f"plain MQTT accepted on the TLS port: {rc}"
+
+
+def test_tls_listener_is_not_trusted_without_the_site_ca(password):
+    with Client(TLS_PORT, user="controller", password=password("controller"), tls_default_trust=True) as c:
+        with pytest.raises(ssl.SSLError):
+            c.connect(timeout=3)
+
+
+def test_retained_status_survives_a_broker_restart(host, connect):
+    status = b'{"online": true, "fw": "1.0.0", "nonce": "%s"}' % unique()
+    connect(DEVICE_A).publish(topic(DEVICE_A, "status"), status, retain=True)
+    host.run_expect([0], "systemctl restart mosquitto")
+    wait_for_port(PLAIN_PORT)
+    reader = connect("controller")
+    assert reader.subscribe(topic(DEVICE_A, "status")) == [1]
+    msg = reader.expect(topic(DEVICE_A, "status"), status, timeout=5)
+    assert msg.retain
+
+
+def test_broker_limits_and_sys(host):
+    assert host.run_expect([0], "systemctl show mosquitto -p LimitNOFILE").stdout.strip() == "LimitNOFILE=65536"
+    conf = host.file("/etc/mosquitto/mosquitto.conf").content_string
+    for line in ("allow_anonymous false", "persistence true", "autosave_interval 900", "max_inflight_messages 1000",
+                 "max_queued_messages 10000", "sys_interval 10"):
+        assert line in conf.splitlines(), f"{line!r} missing from mosquitto.conf"
+    passwd = host.file("/etc/mosquitto/edgefleet.passwd")
+    assert passwd.mode == 0o640 and passwd.user == "root" and passwd.group == "mosquitto"
+    users = dict(line.split(":", 1) for line in passwd.content_string.splitlines())
+    assert set(users) == {"telegraf", "exporter", "controller", DEVICE_A, DEVICE_B}
+    assert all(h.startswith("$7$101$") for h in users.values())
+    assert host.file("/etc/mosquitto/certs/edgefleet-server.key").mode == 0o640
+
+
+def test_broken_candidate_is_refused_and_live_broker_untouched(host, connect):
+    bad = "/tmp/bad-mosquitto.conf"
+    good = host.file("/etc/mosquitto/mosquitto.conf").content_string
+    host.run_expect([0], f"cat > {bad} <<'EOF'\n{good.replace('edgefleet-server.crt', 'missing.crt')}\nEOF")
+    db_before = host.run("stat -c %Y /var/lib/mosquitto/mosquitto.db").stdout
+    result = host.run(f"/usr/local/libexec/edgefleet/mosquitto-check-config --config {bad}")
+    assert result.rc == 1, result.stdout + result.stderr
+    assert "does NOT start" in result.stderr
+    good_check = host.run("/usr/local/libexec/edgefleet/mosquitto-check-config --config /etc/mosquitto/mosquitto.conf")
+    assert good_check.rc == 0, good_check.stderr
+    assert host.run("stat -c %Y /var/lib/mosquitto/mosquitto.db").stdout == db_before
+    assert host.service("mosquitto").is_running
+    connect(DEVICE_A)
+
+
+def test_password_change_is_applied_on_the_next_run(password, secrets_dir, connect):
+    old = password(DEVICE_A)
+    new = "rotated" + uuid.uuid4().hex
+    (secrets_dir / "mqtt" / DEVICE_A).write_text(new + "\n")
+    inventory = pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    playbook = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml"
+    run = subprocess.run(["ansible-playbook", "-i", str(inventory), str(playbook)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Reload mosquitto" in run.stdout and "Restart mosquitto" not in run.stdout
+    assert new not in run.stdout and old not in run.stdout, "a password was printed"
+    with Client(PLAIN_PORT, user=DEVICE_A, password=old) as c:
+        rc = c.connect()
+        assert rc is not None and rc.is_failure, "old password still accepted"
+    connect(DEVICE_A, pw=new)

@@ -1,0 +1,8 @@
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+for sub in ("plugins/filter", "tests/lib"):
+    path = str(ROOT / sub)
+    if path not in sys.path:
+        sys.path.insert(0, path)
