@@ -65,3 +65,14 @@ ensure_image() {
   # ensure_image [ARCH]: the debootstrap systemd base image (cached by recipe).
   bash "$EDGEFLEET_ROOT/molecule/images/build-debian12-systemd.sh" "$@"
 }
+
+remove_stale_instances() {
+  # Molecule keeps its state per checkout; an instance left by an earlier run
+  # from another checkout (or a killed run) would be reused with old state.
+  local ids
+  ids=$(docker ps -aq --filter label=owner=molecule --filter name='^edgefleet-')
+  if [ -n "$ids" ]; then
+    log "removing stale Molecule instances: $(docker inspect -f '{{.Name}}' $ids | tr -d / | tr '\n' ' ')"
+    docker rm -f $ids >/dev/null
+  fi
+}

@@ -44,6 +44,7 @@ setup() {
   stage "python virtualenv and pinned dependencies" ensure_venv || return 1
   stage "container engine (docker.io, dockerd)" ensure_docker || return 1
   stage "base image $EDGEFLEET_IMAGE" ensure_image || return 1
+  remove_stale_instances
 }
 
 if [ "${1:-}" = "--arm64" ]; then
