@@ -9,6 +9,10 @@
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$EDGEFLEET_ROOT"
+# Plain logs when nobody watches a terminal (CI).
+if [ ! -t 1 ]; then
+  export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
+fi
 
 suite_start=$(date +%s)
 results=()

@@ -4,7 +4,12 @@ computed here, independently of any project code."""
 
 import base64
 import hashlib
+import json
+import os
 import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -49,3 +54,20 @@ def test_bit_order_agrees_with_rfc4648_base32():
         digest = hashlib.blake2s(bytes(int(p, 16) for p in mac.split(":")), digest_size=5).digest()
         short = base64.b32encode(digest).decode().translate(str.maketrans(rfc, CROCKFORD))
         assert expected_id("psu", mac) == "psu-" + short
+
+
+@pytest.mark.parametrize("path", INVENTORIES, ids=[p.parent.name for p in INVENTORIES])
+def test_inventory_parses_with_ansible(path):
+    """ansible-inventory reads the inventory: a controller, the fleet, the site vars."""
+
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    out = subprocess.run([str(pathlib.Path(sys.executable).parent / "ansible-inventory"), "-i", str(path.parent),
+                          "--list"], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    inv = json.loads(out.stdout)
+    assert len(inv["controller"]["hosts"]) == 1
+    fleet = set()
+    for child in inv["fleet"]["children"]:
+        fleet.update(inv[child]["hosts"])
+    assert fleet == set(fleet_hosts(yaml.safe_load(path.read_text())["all"]["children"]["fleet"]))
+    controller = inv["controller"]["hosts"][0]
+    assert re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", inv["_meta"]["hostvars"][controller]["edgefleet_site"])
