@@ -71,3 +71,22 @@ def test_inventory_parses_with_ansible(path):
     assert fleet == set(fleet_hosts(yaml.safe_load(path.read_text())["all"]["children"]["fleet"]))
     controller = inv["controller"]["hosts"][0]
     assert re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", inv["_meta"]["hostvars"][controller]["edgefleet_site"])
+
+
+@pytest.mark.parametrize("path", INVENTORIES, ids=[p.parent.name for p in INVENTORIES])
+def test_secrets_live_outside_the_inventory(path, tmp_path):
+    """Ansible parses every file below an inventory directory as inventory, so
+    generated passwords kept there would turn into host names. The resolved
+    secrets directory must be outside it, and the inventory has no stray hosts."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    bindir = pathlib.Path(sys.executable).parent
+    inv = yaml.safe_load(path.read_text())
+    controller = next(iter(inv["all"]["children"]["controller"]["hosts"]))
+    out = subprocess.run([str(bindir / "ansible"), "-i", str(path.parent), controller, "-m", "ansible.builtin.debug",
+                          "-a", "var=edgefleet_secrets_dir"], capture_output=True, text=True, env=env, cwd=ROOT,
+                         check=True)
+    resolved = pathlib.Path(re.search(r"edgefleet_secrets_dir: (\S+)", out.stdout).group(1)).resolve()
+    assert path.parent.resolve() not in [resolved, *resolved.parents], f"{resolved} is inside {path.parent}"
+    listing = json.loads(subprocess.run([str(bindir / "ansible-inventory"), "-i", str(path.parent), "--list"],
+                                        capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout)
+    assert not listing.get("ungrouped", {}).get("hosts"), "hosts outside any group: a stray file was parsed"
