@@ -185,17 +185,34 @@ def test_broken_candidate_is_refused_and_live_broker_untouched(host, connect):
     connect(DEVICE_A)
 
 
+def converge(*extra):
+    """Re-run the scenario's converge playbook; return its output."""
+    inventory = pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    playbook = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml"
+    run = subprocess.run(["ansible-playbook", "-i", str(inventory), str(playbook), *extra], capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout
+
+
+def test_listener_change_restarts_the_broker(connect, secrets_dir):
+    out = converge("-e", "mosquitto_tls_version=tlsv1.3")
+    assert "Restart mosquitto" in out and "Reload mosquitto" not in out
+    ca = str(secrets_dir / "ca" / "ca.crt")
+    c = connect("controller", port=TLS_PORT, ca_file=ca)
+    assert c.client.socket().version() == "TLSv1.3"
+    out = converge()
+    assert "Restart mosquitto" in out
+    connect("controller", port=TLS_PORT, ca_file=ca)
+
+
 def test_password_change_is_applied_on_the_next_run(password, secrets_dir, connect):
     old = password(DEVICE_A)
     new = "rotated" + uuid.uuid4().hex
     (secrets_dir / "mqtt" / DEVICE_A).write_text(new + "\n")
-    inventory = pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    playbook = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml"
-    run = subprocess.run(["ansible-playbook", "-i", str(inventory), str(playbook)], capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "Reload mosquitto" in run.stdout and "Restart mosquitto" not in run.stdout
-    assert new not in run.stdout and old not in run.stdout, "a password was printed"
+    out = converge()
+    assert "Reload mosquitto" in out and "Restart mosquitto" not in out
+    assert new not in out and old not in out, "a password was printed"
     with Client(PLAIN_PORT, user=DEVICE_A, password=old) as c:
         rc = c.connect()
         assert rc is not None and rc.is_failure, "old password still accepted"
