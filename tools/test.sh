@@ -48,6 +48,7 @@ setup() {
   stage "python virtualenv and pinned dependencies" ensure_venv || return 1
   stage "container engine (docker.io, dockerd)" ensure_docker || return 1
   stage "base image $EDGEFLEET_IMAGE" ensure_image || return 1
+  stage "test dependencies (Debian mosquitto for integration tests)" apt_install mosquitto || return 1
   remove_stale_instances
 }
 

@@ -36,6 +36,13 @@ CHECKS = {
         "err(lambda: config.validate({'version': 4, 'bogus': 1}, config.DEFAULTS))",
         "err(lambda: config.validate({'version': 4, 'pzem_addresses': [0]}, config.DEFAULTS))",
     ],
+    "mqttpkt": [
+        "mqttpkt.connect('psu-ktcyat68', 60, user='psu-ktcyat68', password='pw', will=('a/status', b'{}', 1, True)).hex()",
+        "mqttpkt.publish('site/lab/psu/x/state', b'{\"v\": 1}', 1, True, 513).hex()",
+        "[mqttpkt.encode_length(n).hex() for n in (0, 127, 128, 16383, 16384, 268435455)]",
+        "list(mqttpkt.parse(0x33, bytes.fromhex('0003612f62000a6869'))[:2])",
+        "err(lambda: mqttpkt.publish('a/#', b'', 0))",
+    ],
     "backoff": [
         "[round(b.next_delay(), 6) for b in [backoff.Backoff(1, 60, rand=lambda: 0.5)] for _ in range(9)]",
     ],
