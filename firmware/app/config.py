@@ -92,6 +92,15 @@ def validate(candidate, current):
     return new
 
 
+def initial(overrides):
+    """The flash-time config: DEFAULTS with *overrides* (validated), version 0."""
+    if "version" in overrides:
+        raise ConfigError("the flash-time config carries no version")
+    new = validate(dict(overrides, version=1), dict(DEFAULTS))
+    new["version"] = 0
+    return new
+
+
 def ack(version, result, detail=None):
     """The ``cfg/ack`` payload (DESIGN.md section 3)."""
     if result not in ("applied", "rejected"):

@@ -32,6 +32,7 @@ CHECKS = {
     ],
     "config": [
         "config.validate({'version': 4, 'publish_interval_s': 10, 'pzem_addresses': [5]}, config.DEFAULTS)",
+        "config.initial({'pzem_addresses': [], 'temperature_zones': 1})",
         "err(lambda: config.validate({'version': 4, 'sample_interval_s': 9, 'publish_interval_s': 5}, config.DEFAULTS))",
         "err(lambda: config.validate({'version': 4, 'bogus': 1}, config.DEFAULTS))",
         "err(lambda: config.validate({'version': 4, 'pzem_addresses': [0]}, config.DEFAULTS))",
@@ -43,6 +44,9 @@ CHECKS = {
         "list(mqttpkt.parse(0x33, bytes.fromhex('0003612f62000a6869'))[:2])",
         "err(lambda: mqttpkt.publish('a/#', b'', 0))",
     ],
+    "telemetry": [
+        "agg_payload()",
+    ],
     "backoff": [
         "[round(b.next_delay(), 6) for b in [backoff.Backoff(1, 60, rand=lambda: 0.5)] for _ in range(9)]",
     ],
@@ -50,6 +54,12 @@ CHECKS = {
 
 PRELUDE = """
 import json
+def agg_payload():
+    import telemetry
+    a = telemetry.Aggregator()
+    a.add([{'voltage': 230.1, 'current': 1.25, 'power_factor': 0.9}, None], [20.0, 21.0])
+    a.add([{'voltage': 229.9, 'current': 1.75, 'power_factor': 0.8}], [22.0, None])
+    return a.payload('oven-x', 5, 'run', -50, 9, 180.0)
 def err(f):
     try:
         f()

@@ -18,10 +18,11 @@ class MqttError(AssertionError):
 
 class Client:
     def __init__(self, port, user=None, password=None, host="127.0.0.1", ca_file=None, client_id=None,
-                 tls_default_trust=False):
+                 tls_default_trust=False, clean_session=True):
         self.host, self.port = host, port
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"{user or 'anon'}-{uuid.uuid4().hex[:8]}",
-                                  protocol=paho.MQTTv311)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=client_id or f"{user or 'anon'}-{uuid.uuid4().hex[:8]}",
+                                  protocol=paho.MQTTv311, clean_session=clean_session)
         if user is not None:
             self.client.username_pw_set(user, password)
         if ca_file:
@@ -55,6 +56,7 @@ class Client:
     # API
     def connect(self, timeout=5.0):
         """Connect; return the CONNACK reason code, or None when none came."""
+        self._connected.clear()
         self.client.connect(self.host, self.port, keepalive=30)
         self.client.loop_start()
         self._connected.wait(timeout)

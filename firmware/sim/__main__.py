@@ -1,0 +1,81 @@
+"""python -m firmware.sim --inventory inventories/lab --count 200 [--duration 60]
+
+Runs the inventory's devices (the first --count of them) as simulated ESP32
+boards with the firmware app, against the site broker, with the per-device
+credentials that the mosquitto role generated. Stops on Ctrl-C or after
+--duration seconds; each device then marks itself offline and disconnects.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from . import fleet
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m firmware.sim", description=__doc__.split("\n\n")[0])
+    p.add_argument("--inventory", default="inventories/lab", help="site inventory (default: inventories/lab)")
+    p.add_argument("--count", type=int, help="run only the first N devices of the inventory")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--broker-host", help="default: edgefleet_broker_host of the inventory")
+    p.add_argument("--broker-port", type=int, help="default: edgefleet_broker_port of the inventory")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (edgefleet_broker_tls_port), trusting the site CA")
+    p.add_argument("--secrets", help="secrets directory (default: secrets/<site>)")
+    p.add_argument("--state-dir", default=".sim", help="where each device's flash filesystem lives")
+    p.add_argument("--time-scale", type=float, default=1.0, help="0.1 runs device timers 10x faster")
+    p.add_argument("--fault-offline", type=float, default=0.0, help="outages per device per minute")
+    p.add_argument("--fault-malformed", type=float, default=0.0, help="fraction of messages sent malformed")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
+
+    try:
+        specs, site_vars = fleet.inventory_devices(args.inventory)
+    except Exception as e:
+        p.error("cannot read inventory %s: %s" % (args.inventory, e))
+    if args.count is not None:
+        if args.count > len(specs):
+            p.error("--count %d: the inventory %s has only %d devices" % (args.count, args.inventory, len(specs)))
+        specs = specs[:args.count]
+    site = site_vars.get("edgefleet_site", "lab")
+    secrets = args.secrets or os.path.join("secrets", site)
+    host = args.broker_host or site_vars.get("edgefleet_broker_host", "127.0.0.1")
+    if args.tls:
+        port = args.broker_port or int(site_vars.get("edgefleet_broker_tls_port", 8883))
+        ca = os.path.join(secrets, "ca", "ca.crt")
+    else:
+        port = args.broker_port or int(site_vars.get("edgefleet_broker_port", 1883))
+        ca = None
+    broker = {"host": host, "port": port, "tls": args.tls}
+    devices = []
+    for device_id, kind, mac in specs:
+        pw_file = os.path.join(secrets, "mqtt", device_id)
+        if not os.path.exists(pw_file):
+            p.error("no password for %s in %s: run site.yml against this inventory first" % (device_id, pw_file))
+        with open(pw_file) as f:
+            password = f.read().strip()
+        root = fleet.provision(args.state_dir, device_id, kind, mac, site, broker, password, ca,
+                               fleet.kind_config(kind))
+        d = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=args.time_scale)
+        d.board.faults.malformed = args.fault_malformed
+        devices.append(d)
+    logging.info("running %d devices against %s:%d (%s)", len(devices), host, port, "TLS" if args.tls else "plain")
+
+    async def run():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await fleet.run_fleet(devices, duration=args.duration, stop_event=stop, fault_offline=args.fault_offline)
+
+    asyncio.run(run())
+    logging.info("stopped: %d messages published", sum(d.device.published for d in devices if d.device))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

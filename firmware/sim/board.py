@@ -1,0 +1,175 @@
+"""The host board layer: what ``machine``, ``network`` and ``esp32`` give the
+app on an ESP32, backed here by files, a simulated Modbus bus and 1-Wire bus,
+and a simulated Wi-Fi link that fault injection can take down."""
+
+import asyncio
+import logging
+import os
+import random
+import ssl
+import time
+
+import ds18b20
+import pzem
+
+from .signals import Signals
+
+log = logging.getLogger("edgefleet.sim")
+
+
+class Reboot(BaseException):
+    """Raised by reset(): the fleet runner boots the device again, like
+    machine.reset(). A BaseException so that the app's error handling, which
+    catches Exception, does not swallow it."""
+
+
+class HostFS:
+    """A device's flash filesystem, rooted in a host directory."""
+
+    def __init__(self, root):
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+
+    def path(self, name):
+        return os.path.join(self.root, name.lstrip("/"))
+
+    def open(self, name, mode="r"):
+        return open(self.path(name), mode)
+
+    def exists(self, name):
+        return os.path.exists(self.path(name))
+
+    def listdir(self, name=""):
+        return os.listdir(self.path(name))
+
+    def remove(self, name):
+        os.remove(self.path(name))
+
+    def mkdir(self, name):
+        os.mkdir(self.path(name))
+
+    def rename(self, old, new):
+        os.replace(self.path(old), self.path(new))
+
+
+class ModbusBus:
+    """RS-485 bus with one simulated PZEM-004T per phase at addresses 1..3."""
+
+    def __init__(self, board):
+        self.board = board
+
+    async def transact(self, request, response_length, timeout_ms):
+        await asyncio.sleep(0)
+        request = bytes(request)
+        if len(request) != 8 or pzem.crc16(request) != 0:
+            return b""
+        address, function = request[0], request[1]
+        phase = address - 1
+        if function != pzem.READ_INPUT_REGISTERS or not 0 <= phase < self.board.signals.phases:
+            return b""  # nobody answers
+        self.board.signals.advance(self.board.time())
+        m = self.board.signals.meter(phase)
+        regs = [round(m["voltage"] * 10)]
+        for value in (round(m["current"] * 1000), round(m["power"] * 10), m["energy_wh"]):
+            regs += [value & 0xFFFF, (value >> 16) & 0xFFFF]
+        regs += [round(m["frequency"] * 10), round(m["power_factor"] * 100), 0]
+        data = b"".join(r.to_bytes(2, "big") for r in regs)
+        return pzem.with_crc(bytes((address, function, len(data))) + data)
+
+
+class Faults:
+    """Fault injection for one device; the fleet runner switches these."""
+
+    def __init__(self):
+        self.offline_until = 0.0
+        self.malformed = 0.0  # probability that an outgoing message is corrupted
+
+
+class HostBoard:
+    def __init__(self, root, mac, kind, seed=None, time_scale=1.0, clock=time.time):
+        self.fs = HostFS(root)
+        self._mac = bytes(mac)
+        self.kind = kind
+        self.rng = random.Random(seed if seed is not None else int.from_bytes(self._mac, "big"))
+        self.time_scale = time_scale
+        self._clock = clock
+        self._boot = clock()
+        self.signals = Signals(kind, self.rng.getrandbits(32), start_time=self.time())
+        self.modbus = ModbusBus(self)
+        self.faults = Faults()
+        self.rssi_base = -45 - self.rng.randrange(0, 35)
+        self.ip_address = "10.99.%d.%d" % (self._mac[4], self._mac[5])
+        self.resets = 0
+        self.logs = []
+
+    # time
+    def time(self):
+        """Seconds since the epoch, sped up by time_scale since boot."""
+        return self._boot + (self._clock() - self._boot) / self.time_scale
+
+    def uptime_s(self):
+        return int(self.time() - self._boot)
+
+    async def sleep(self, seconds):
+        await asyncio.sleep(seconds * self.time_scale)
+
+    def random(self):
+        return self.rng.random()
+
+    # identity and system
+    def mac(self):
+        return self._mac
+
+    def chip(self):
+        return "ESP32-D0WD-V3 (simulated)"
+
+    def free_heap(self):
+        return 110_000 + self.rng.randrange(-4000, 4000)
+
+    def log(self, message):
+        self.logs.append(message)
+        del self.logs[:-50]
+        log.debug("%s: %s", self.ip_address, message)
+
+    def reset(self):
+        self.resets += 1
+        raise Reboot()
+
+    # network
+    def offline(self):
+        return self._clock() < self.faults.offline_until
+
+    async def wifi_connect(self):
+        if self.offline():
+            raise OSError("Wi-Fi: no access point (simulated outage)")
+
+    def wifi_rssi(self):
+        return self.rssi_base + self.rng.randrange(-3, 4)
+
+    def ip(self):
+        return self.ip_address
+
+    def ssl_context(self, broker):
+        ctx = ssl.create_default_context(cafile=self.fs.path(broker["ca"]))
+        return ctx
+
+    def outgoing(self, topic, payload):
+        if self.faults.malformed and self.rng.random() < self.faults.malformed:
+            return payload[: max(1, len(payload) // 2)]  # a truncated, malformed JSON document
+        return payload
+
+    # sensors
+    def operational_state(self):
+        self.signals.advance(self.time())
+        return self.signals.state
+
+    async def ds18b20_read(self):
+        await asyncio.sleep(0)
+        self.signals.advance(self.time())
+        out = []
+        for zone in range(self.signals.zones):
+            raw = int(round(self.signals.temperature(zone) * 16)) & 0xFFFF
+            pad = bytes((raw & 0xFF, raw >> 8, 0x4B, 0x46, 0x7F, 0xFF, 0x0C, 0x10))
+            rom = bytes((0x28, 0xFF, zone, 0x1D, self._mac[4], self._mac[5], 0x04))
+            out.append((rom + bytes((ds18b20.crc8(rom),)), pad + bytes((ds18b20.crc8(pad),))))
+        return out

@@ -1,0 +1,148 @@
+"""Run a simulated fleet: N devices, each the unchanged firmware app on its
+own host board, in one asyncio process."""
+
+import asyncio
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+import identity
+from device import Device, save_json
+
+from .board import HostBoard, Reboot
+
+log = logging.getLogger("edgefleet.sim")
+
+
+def provision(root, device_id, kind, mac, site, broker, password, ca_file=None, initial_config=None):
+    """Write what the flash station writes: device.json (+ the site CA)."""
+    board_fs = os.path.join(root, device_id)
+    os.makedirs(board_fs, exist_ok=True)
+    broker = dict(broker)
+    if ca_file:
+        shutil.copyfile(ca_file, os.path.join(board_fs, "ca.crt"))
+        broker["ca"] = "ca.crt"
+    settings = {"id": device_id, "kind": kind, "site": site, "broker": broker, "password": password}
+    if initial_config:
+        settings["config"] = initial_config
+    with open(os.path.join(board_fs, "device.json"), "w") as f:
+        json.dump(settings, f)
+    return board_fs
+
+
+def kind_config(kind):
+    """The flash-time config of each simulated kind (which sensors it has)."""
+    from .signals import DEFAULT_PROFILE, PROFILES
+    phases, zones, _rated, setpoint = PROFILES.get(kind, DEFAULT_PROFILE)
+    cfg = {"pzem_addresses": list(range(1, phases + 1)), "temperature_zones": zones}
+    if setpoint is not None:
+        cfg["setpoint_c"] = setpoint
+    return cfg
+
+
+class SimDevice:
+    def __init__(self, root, mac, kind, time_scale=1.0):
+        self.board = HostBoard(root, mac, kind, time_scale=time_scale)
+        self.device = None
+        self.task = None
+        self.boots = 0
+
+    async def run(self):
+        while True:
+            self.boots += 1
+            self.device = Device(self.board)
+            try:
+                await self.device.run()
+            except Reboot:
+                if self.device.client is not None:
+                    self.device.client.abort()
+                continue
+
+    def start(self):
+        self.task = asyncio.create_task(self.run())
+        return self.task
+
+    def go_offline(self, seconds):
+        self.board.faults.offline_until = time.time() + seconds
+        if self.device is not None and self.device.client is not None:
+            self.device.client.abort()
+
+    async def stop(self):
+        """Tell the site we are going away, then disconnect."""
+        d = self.device
+        if d is not None and d.online():
+            try:
+                await asyncio.wait_for(d.publish_json("status", d.status_payload(online=False), retain=True), 5)
+                await d.client.disconnect()
+            except Exception:
+                pass
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except BaseException:
+                pass
+
+
+def inventory_devices(inventory):
+    """[(device_id, kind, mac)] and the site vars from an Ansible inventory."""
+    exe = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
+    out = subprocess.run([exe if os.path.exists(exe) else "ansible-inventory", "-i", inventory, "--list"],
+                         capture_output=True, text=True, check=True)
+    data = json.loads(out.stdout)
+    hostvars = data["_meta"]["hostvars"]
+
+    def hosts(group):
+        found = list(data.get(group, {}).get("hosts", []))
+        for child in data.get(group, {}).get("children", []):
+            found += hosts(child)
+        return found
+
+    devices = []
+    for name in sorted(set(hosts("fleet"))):
+        kind, _ = identity.split_device_id(name)
+        mac = hostvars[name]["device_mac"]
+        if identity.device_id(kind, mac) != name:
+            raise ValueError("inventory host %s does not match its MAC %s (expected %s)"
+                             % (name, mac, identity.device_id(kind, mac)))
+        devices.append((name, kind, mac))
+    controller = hosts("controller")
+    site_vars = hostvars[controller[0]] if controller else {}
+    return devices, site_vars
+
+
+async def run_fleet(devices, duration=None, stop_event=None, stats_every=10.0, fault_offline=0.0,
+                    offline_seconds=(20, 60), seed=1):
+    """Start every SimDevice; stop after *duration* s or when *stop_event* is set."""
+    rng = random.Random(seed)
+    for d in devices:
+        d.start()
+    stop_event = stop_event or asyncio.Event()
+    started = time.monotonic()
+    next_stats = started + stats_every
+    try:
+        while not stop_event.is_set():
+            if duration is not None and time.monotonic() - started >= duration:
+                break
+            try:
+                await asyncio.wait_for(stop_event.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+            if fault_offline:
+                for d in devices:
+                    if rng.random() < fault_offline / 60.0 and not d.board.offline():
+                        d.go_offline(rng.uniform(*offline_seconds))
+            if time.monotonic() >= next_stats:
+                next_stats += stats_every
+                online = sum(1 for d in devices if d.device and d.device.online())
+                published = sum(d.device.published for d in devices if d.device)
+                buffered = sum(len(d.device.buffer) for d in devices if d.device)
+                log.info("devices %d, online %d, published %d, buffered %d", len(devices), online, published,
+                         buffered)
+    finally:
+        await asyncio.gather(*(d.stop() for d in devices))
