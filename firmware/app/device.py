@@ -16,6 +16,7 @@ import backoff
 import config
 import ds18b20
 import identity
+import metrics
 import mqtt
 import pzem
 import telemetry
@@ -74,6 +75,9 @@ class Device:
         self.published = 0
         self.connects = 0
         self.seq = 0  # telemetry sequence number since boot: consumers detect gaps and duplicates
+        self.last = None  # the last telemetry message, for /metrics
+        self.sensor_errors = 0
+        self.metrics_server = None
 
     # --- helpers -----------------------------------------------------------
     def topic(self, channel):
@@ -216,7 +220,9 @@ class Device:
             msg = self.aggregator.payload(self.id, self.board.time(), self.board.operational_state(),
                                           self.board.wifi_rssi(), self.board.uptime_s(),
                                           self.config["setpoint_c"])
+            self.sensor_errors += self.aggregator.errors
             self.aggregator.reset()
+            self.last = msg
             self.seq += 1
             msg["seq"] = self.seq
             payload = json.dumps(msg).encode()
@@ -248,6 +254,42 @@ class Device:
                 self.buffer.remove(seq)
                 self.published += 1
 
+    # --- /metrics -----------------------------------------------------------------
+    def metrics_text(self):
+        info = (("device_id", self.id), ("kind", self.kind), ("fw", FW_VERSION))
+        last = self.last or {}
+        elec = last.get("electrical", {})
+        zones = last.get("thermal", {}).get("temperature_zones", [])
+        return metrics.render([
+            ("edgefleet_device_info", "gauge", "Device identity.", [(info, 1)]),
+            ("edgefleet_uptime_seconds", "gauge", "Seconds since boot.", [((), self.board.uptime_s())]),
+            ("edgefleet_wifi_rssi_dbm", "gauge", "Wi-Fi signal.", [((), self.board.wifi_rssi())]),
+            ("edgefleet_free_heap_bytes", "gauge", "Free heap.", [((), self.board.free_heap())]),
+            ("edgefleet_mqtt_connected", "gauge", "1 while the MQTT session is up.", [((), self.online())]),
+            ("edgefleet_mqtt_connects_total", "counter", "MQTT sessions opened.", [((), self.connects)]),
+            ("edgefleet_telemetry_published_total", "counter", "Telemetry messages acknowledged by the broker.",
+             [((), self.published)]),
+            ("edgefleet_buffer_messages", "gauge", "Telemetry messages waiting in flash.", [((), len(self.buffer))]),
+            ("edgefleet_buffer_dropped_total", "counter", "Buffered messages dropped when the buffer was full.",
+             [((), self.buffer.dropped)]),
+            ("edgefleet_config_version", "gauge", "Applied config version.", [((), self.config["version"])]),
+            ("edgefleet_sensor_errors_total", "counter", "Failed sensor reads.", [((), self.sensor_errors)]),
+            ("edgefleet_voltage_volts", "gauge", "Mean phase voltage of the last interval.",
+             [((("phase", p),), v) for p, v in sorted(elec.get("voltage", {}).items())]),
+            ("edgefleet_current_amperes", "gauge", "Mean phase current of the last interval.",
+             [((("phase", p),), v) for p, v in sorted(elec.get("current", {}).items())]),
+            ("edgefleet_power_factor", "gauge", "Mean power factor of the last interval.",
+             [((), elec.get("power_factor"))]),
+            ("edgefleet_temperature_celsius", "gauge", "Mean zone temperature of the last interval.",
+             [((("zone", str(i)),), t) for i, t in enumerate(zones)]),
+        ])
+
+    async def start_metrics(self):
+        address = self.board.metrics_address(self.config["metrics_port"])
+        if address is not None and self.metrics_server is None:
+            self.metrics_server = await metrics.serve(address[0], address[1], self.metrics_text)
+
     async def run(self):
+        await self.start_metrics()
         await asyncio.gather(self.connection_loop(), self.inbox_loop(), self.sample_loop(), self.publish_loop(),
                              self.flush_loop())

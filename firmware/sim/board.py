@@ -101,6 +101,7 @@ class HostBoard:
         self.ip_address = "10.99.%d.%d" % (self._mac[4], self._mac[5])
         self.resets = 0
         self.logs = []
+        self.metrics_port = None  # a 127.0.0.1 port for /metrics, or None for none
 
     # time
     def time(self):
@@ -148,6 +149,11 @@ class HostBoard:
 
     def ip(self):
         return self.ip_address
+
+    def metrics_address(self, port):
+        """Where /metrics listens: every simulated device shares the host, so
+        the fleet runner hands out a loopback port per device (or none)."""
+        return None if self.metrics_port is None else ("127.0.0.1", self.metrics_port)
 
     def ssl_context(self, broker):
         ctx = ssl.create_default_context(cafile=self.fs.path(broker["ca"]))

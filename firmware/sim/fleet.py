@@ -59,9 +59,18 @@ class SimDevice:
             try:
                 await self.device.run()
             except Reboot:
-                if self.device.client is not None:
-                    self.device.client.abort()
+                self._shutdown_device()
                 continue
+
+    def _shutdown_device(self):
+        d = self.device
+        if d is None:
+            return
+        if d.client is not None:
+            d.client.abort()
+        if d.metrics_server is not None:
+            d.metrics_server.close()
+            d.metrics_server = None
 
     def start(self):
         self.task = asyncio.create_task(self.run())
@@ -87,6 +96,7 @@ class SimDevice:
                 await self.task
             except BaseException:
                 pass
+        self._shutdown_device()
 
 
 def inventory_devices(inventory):

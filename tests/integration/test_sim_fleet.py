@@ -227,3 +227,44 @@ def test_malformed_messages_are_sent_when_injected(site, fraction):
     for m in got:
         with pytest.raises(ValueError):
             json.loads(m.payload)
+
+
+def test_metrics_endpoint_speaks_prometheus_text(site):
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from broker import free_port
+
+    sims = site(DEVICES[1:2])  # the oven: meters and temperature zones
+    port = free_port()
+    sims[0].board.metrics_port = port
+    pages = {}
+
+    async def scenario():
+        await asyncio.sleep(1.0)
+        loop = asyncio.get_running_loop()
+
+        def get(path):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    return r.status, r.headers.get("Content-Type"), r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, None, ""
+
+        pages["metrics"] = await loop.run_in_executor(None, get, "/metrics")
+        pages["other"] = await loop.run_in_executor(None, get, "/")
+
+    asyncio.run(run_for(sims, 0, during=scenario))
+    status, ctype, text = pages["metrics"]
+    assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    info = families["edgefleet_device_info"].samples[0]
+    assert info.labels["device_id"] == DEVICES[1][0] and info.labels["kind"] == "oven"
+    assert families["edgefleet_mqtt_connected"].samples[0].value == 1
+    assert families["edgefleet_telemetry_published"].samples[0].value >= 1  # counter: _total is the sample name
+    phases = {s.labels["phase"]: s.value for s in families["edgefleet_voltage_volts"].samples}
+    assert set(phases) == {"a", "b", "c"} and all(200 < v < 260 for v in phases.values())
+    assert len(families["edgefleet_temperature_celsius"].samples) == 3
+    assert pages["other"][0] == 404
