@@ -13,11 +13,13 @@ import asyncio
 import json
 
 import backoff
+import bootsel
 import config
 import ds18b20
 import identity
 import metrics
 import mqtt
+import ota
 import pzem
 import telemetry
 from buffer import OfflineBuffer
@@ -63,6 +65,10 @@ class Device:
             except config.ConfigError:
                 pass  # a corrupt file: keep the defaults, the broker's retained cfg follows
         self.buffer = OfflineBuffer(self.fs, "buf", self.config["buffer_capacity"])
+        self.boot = bootsel.load(self.fs)  # the boot loader has already run bootsel.select()
+        self.fw = ota.slot_version(self.fs, self.boot["active"]) or FW_VERSION
+        self.selftest_timeout_s = settings.get("selftest_timeout_s", 60)
+        self.confirmed_event = asyncio.Event()
         self.backoff = backoff.Backoff(settings.get("backoff_base_s", 1.0), settings.get("backoff_cap_s", 60.0),
                                        rand=getattr(board, "random", None))
         self.meters = pzem.Pzem(board.modbus)
@@ -85,14 +91,14 @@ class Device:
 
     def status_payload(self, online=True):
         return {
-            "online": online, "fw": FW_VERSION, "cfg_version": self.config["version"],
+            "online": online, "fw": self.fw, "cfg_version": self.config["version"],
             "uptime_s": self.board.uptime_s(), "rssi": self.board.wifi_rssi(), "free_heap": self.board.free_heap(),
             "buffered": len(self.buffer), "buffer_dropped": self.buffer.dropped,
         }
 
     def announce_payload(self):
         return {"id": self.id, "kind": self.kind, "mac": ":".join("%02x" % b for b in self.board.mac()),
-                "chip": self.board.chip(), "fw": FW_VERSION, "ip": self.board.ip(),
+                "chip": self.board.chip(), "fw": self.fw, "ip": self.board.ip(),
                 "metrics": "http://%s:%d/metrics" % (self.board.ip(), self.config["metrics_port"])}
 
     async def publish_json(self, channel, value, qos=1, retain=False):
@@ -121,6 +127,54 @@ class Device:
         # the retained desired config arrives right after this subscription
         await client.subscribe(self.topic("cfg"), 1)
         await client.subscribe(self.topic("cmd"), 1)
+        await self.self_test_passed()
+
+    # --- OTA: self-test, confirm, report --------------------------------------------
+    def update_pending(self):
+        last = self.boot.get("last") or {}
+        if last.get("payload") == "firmware" and last.get("result") == "pending":
+            return self.board.firmware_pending()
+        return self.boot["pending"]
+
+    async def self_test_passed(self):
+        """Broker reachable (we are connected) and config valid: confirm a
+        pending update, then report the outcome of the last update once."""
+        config.validate(dict(self.config, version=max(1, self.config["version"])), self.config)
+        last = self.boot.get("last")
+        if last and last.get("result") == "pending":
+            if last.get("payload") == "firmware":
+                if self.board.firmware_running() == last.get("target") and self.board.firmware_pending():
+                    self.board.firmware_mark_valid()
+                    last.update(result="confirmed", reported=False)
+                elif self.board.firmware_running() != last.get("target"):
+                    last.update(result="rolled_back", reported=False,
+                                detail="the bootloader returned to %s" % self.board.firmware_running())
+                bootsel.save(self.fs, self.boot)
+            else:
+                self.boot = bootsel.confirm(self.fs)
+                last = self.boot["last"]
+        self.confirmed_event.set()
+        if last and not last.get("reported") and last.get("result") in ("confirmed", "rolled_back"):
+            await self.publish_json("ota", {"id": last.get("id"), "state": last["result"], "version": last.get("version"),
+                                            "detail": last.get("detail")})
+            last["reported"] = True
+            bootsel.save(self.fs, self.boot)
+
+    async def self_test_watchdog(self):
+        """A pending update that cannot reach the broker in time is abandoned."""
+        if not self.update_pending():
+            return
+        await self.board.sleep(self.selftest_timeout_s)
+        if not self.confirmed_event.is_set():
+            detail = "self-test failed: broker not reachable within %ss" % self.selftest_timeout_s
+            self.board.log(detail)
+            last = self.boot.get("last") or {}
+            if last.get("payload") == "firmware":
+                last.update(detail=detail)
+                bootsel.save(self.fs, self.boot)  # not marked valid: the bootloader reverts
+            else:
+                bootsel.save(self.fs, bootsel.rollback(self.boot, detail))
+            self.board.reset()
 
     async def connection_loop(self):
         while True:
@@ -187,6 +241,8 @@ class Device:
         if cmd.get("cmd") == "reboot":
             await self.client.disconnect()
             self.board.reset()
+        elif cmd.get("cmd") == "ota":
+            await ota.run(self, cmd)
 
     # --- sampling and telemetry ---------------------------------------------------
     async def read_sensors(self):
@@ -256,7 +312,7 @@ class Device:
 
     # --- /metrics -----------------------------------------------------------------
     def metrics_text(self):
-        info = (("device_id", self.id), ("kind", self.kind), ("fw", FW_VERSION))
+        info = (("device_id", self.id), ("kind", self.kind), ("fw", self.fw))
         last = self.last or {}
         elec = last.get("electrical", {})
         zones = last.get("thermal", {}).get("temperature_zones", [])
@@ -291,5 +347,13 @@ class Device:
 
     async def run(self):
         await self.start_metrics()
-        await asyncio.gather(self.connection_loop(), self.inbox_loop(), self.sample_loop(), self.publish_loop(),
-                             self.flush_loop())
+        tasks = [asyncio.create_task(c) for c in (
+            self.connection_loop(), self.inbox_loop(), self.sample_loop(), self.publish_loop(), self.flush_loop(),
+            self.self_test_watchdog())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            # gather does not stop the other loops when one ends (a reset in
+            # the simulator, an error): stop them all together
+            for task in tasks:
+                task.cancel()

@@ -3,6 +3,8 @@ app on an ESP32, backed here by files, a simulated Modbus bus and 1-Wire bus,
 and a simulated Wi-Fi link that fault injection can take down."""
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import random
@@ -83,6 +85,108 @@ class Faults:
     def __init__(self):
         self.offline_until = 0.0
         self.malformed = 0.0  # probability that an outgoing message is corrupted
+        self.ota_corrupt = False  # flip a byte of every download: the sha256 check must catch it
+        self.ota_hang = False  # downloads stall after the headers
+        self.selftest_fail = False  # a freshly updated app/image cannot reach the network
+
+
+class _FaultyReader:
+    """Wraps a download stream to corrupt or stall it."""
+
+    def __init__(self, reader, faults):
+        self.reader, self.faults, self.headers_done = reader, faults, False
+
+    async def readline(self):
+        line = await self.reader.readline()
+        if line in (b"\r\n", b"\n"):
+            self.headers_done = True
+        return line
+
+    async def read(self, n):
+        if self.faults.ota_hang and self.headers_done:
+            await asyncio.Event().wait()  # never set: the server stalls
+        data = await self.reader.read(n)
+        if self.faults.ota_corrupt and data:
+            data = bytes((data[0] ^ 0xFF,)) + data[1:]
+        return data
+
+
+class SimFirmware:
+    """ota_0/ota_1 partitions and otadata, backed by files, with the ESP-IDF
+    bootloader's rollback rule: a new image boots pending verification, and
+    if it is not marked valid before the next reset, the previous one boots."""
+
+    SIZE = 0x1E0000
+
+    def __init__(self, root):
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+        self.state_file = os.path.join(root, "otadata.json")
+        if not os.path.exists(self.state_file):
+            self._save({"running": "ota_0", "boot": "ota_0", "previous": None, "pending": False, "tried": False})
+
+    def _load(self):
+        with open(self.state_file) as f:
+            return json.load(f)
+
+    def _save(self, st):
+        tmp = self.state_file + ".new"
+        with open(tmp, "w") as f:
+            json.dump(st, f)
+        os.replace(tmp, self.state_file)
+
+    def boot(self):
+        st = self._load()
+        if st["pending"]:
+            if st["tried"]:  # booted once and never marked valid
+                st.update(boot=st["previous"], pending=False, tried=False)
+            else:
+                st["tried"] = True
+        st["running"] = st["boot"]
+        self._save(st)
+
+    def running(self):
+        return self._load()["running"]
+
+    def pending(self):
+        st = self._load()
+        return st["pending"] and st["running"] == st["boot"]
+
+    def mark_valid(self):
+        st = self._load()
+        st.update(pending=False, tried=False, previous=None)
+        self._save(st)
+
+    def writer(self, size):
+        if size > self.SIZE:
+            raise ValueError("image of %d bytes does not fit the %d-byte partition" % (size, self.SIZE))
+        target = "ota_1" if self.running() == "ota_0" else "ota_0"
+        return _PartitionWriter(self, target)
+
+
+class _PartitionWriter:
+    def __init__(self, fw, label):
+        self.fw, self.label = fw, label
+        self.path = os.path.join(fw.root, label + ".bin")
+        self.f = open(self.path, "wb")
+
+    def write(self, data):
+        self.f.write(data)
+
+    def readback_sha256(self):
+        self.f.flush()
+        with open(self.path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    def abort(self):
+        self.f.close()
+
+    def finish(self):
+        self.f.close()
+        st = self.fw._load()
+        st.update(previous=st["running"], boot=self.label, pending=True, tried=False)
+        self.fw._save(st)
+        return self.label
 
 
 class HostBoard:
@@ -102,6 +206,7 @@ class HostBoard:
         self.resets = 0
         self.logs = []
         self.metrics_port = None  # a 127.0.0.1 port for /metrics, or None for none
+        self.firmware = SimFirmware(root.rstrip("/") + ".partitions")
 
     # time
     def time(self):
@@ -140,9 +245,34 @@ class HostBoard:
     def offline(self):
         return self._clock() < self.faults.offline_until
 
+    def update_pending(self):
+        import bootsel
+        return bootsel.load(self.fs)["pending"] or self.firmware.pending()
+
     async def wifi_connect(self):
         if self.offline():
             raise OSError("Wi-Fi: no access point (simulated outage)")
+        if self.faults.selftest_fail and self.update_pending():
+            raise OSError("Wi-Fi: the updated firmware cannot join the network (injected self-test failure)")
+
+    async def open_connection(self, host, port, tls):
+        reader, writer = await asyncio.open_connection(host, port, ssl=self.ssl_context(None) if tls else None)
+        if self.faults.ota_corrupt or self.faults.ota_hang:
+            reader = _FaultyReader(reader, self.faults)
+        return reader, writer
+
+    # the MicroPython image partitions
+    def firmware_writer(self, size):
+        return self.firmware.writer(size)
+
+    def firmware_running(self):
+        return self.firmware.running()
+
+    def firmware_pending(self):
+        return self.firmware.pending()
+
+    def firmware_mark_valid(self):
+        self.firmware.mark_valid()
 
     def wifi_rssi(self):
         return self.rssi_base + self.rng.randrange(-3, 4)
@@ -156,8 +286,9 @@ class HostBoard:
         return None if self.metrics_port is None else ("127.0.0.1", self.metrics_port)
 
     def ssl_context(self, broker):
-        ctx = ssl.create_default_context(cafile=self.fs.path(broker["ca"]))
-        return ctx
+        """TLS trusting the site CA that the flash station wrote (ca.crt)."""
+        ca = (broker or {}).get("ca", "ca.crt")
+        return ssl.create_default_context(cafile=self.fs.path(ca))
 
     def outgoing(self, topic, payload):
         if self.faults.malformed and self.rng.random() < self.faults.malformed:

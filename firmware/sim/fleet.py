@@ -11,8 +11,9 @@ import subprocess
 import sys
 import time
 
+import bootsel
 import identity
-from device import Device, save_json
+from device import Device
 
 from .board import HostBoard, Reboot
 
@@ -55,6 +56,9 @@ class SimDevice:
     async def run(self):
         while True:
             self.boots += 1
+            # what the ESP-IDF bootloader and main.py do at every boot
+            self.board.firmware.boot()
+            bootsel.select(self.board.fs)
             self.device = Device(self.board)
             try:
                 await self.device.run()

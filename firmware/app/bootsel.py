@@ -1,0 +1,94 @@
+"""Boot slot selection for app bundles (A/B directories on the filesystem).
+
+This module sits at the root of the device's filesystem next to main.py and
+is not part of a slot, so an update can never break it. State lives in
+``boot.json`` and is replaced atomically (write, then rename), so a power cut
+at any moment leaves either the old or the new state:
+
+  {"active": "a", "previous": null, "pending": false, "attempts": 0, "last": {...}}
+
+A slot staged by an update boots *pending*. The app confirms it after its
+self-test. A pending slot that boots a second time without having been
+confirmed (it crashed, hung, or lost power before its self-test passed) is
+abandoned and the previous slot boots instead.
+"""
+
+import json
+
+BOOT_FILE = "boot.json"
+SLOTS = ("a", "b")
+
+
+def default_state():
+    return {"active": "a", "previous": None, "pending": False, "attempts": 0, "last": None}
+
+
+def slot_dir(slot):
+    return "app_" + slot
+
+
+def other(slot):
+    return "b" if slot == "a" else "a"
+
+
+def load(fs):
+    if not fs.exists(BOOT_FILE):
+        return default_state()
+    try:
+        with fs.open(BOOT_FILE, "r") as f:
+            state = json.loads(f.read())
+        if state.get("active") not in SLOTS:
+            return default_state()
+        return state
+    except ValueError:
+        return default_state()
+
+
+def save(fs, state):
+    tmp = BOOT_FILE + ".new"
+    with fs.open(tmp, "w") as f:
+        f.write(json.dumps(state))
+    fs.rename(tmp, BOOT_FILE)
+
+
+def rollback(state, detail):
+    last = dict(state.get("last") or {})
+    last["result"] = "rolled_back"
+    last["detail"] = detail
+    last["reported"] = False
+    state.update(active=state["previous"] or other(state["active"]), previous=None, pending=False, attempts=0,
+                 last=last)
+    return state
+
+
+def select(fs):
+    """Called once per boot, before the app is imported: returns the state."""
+    state = load(fs)
+    if state["pending"]:
+        if state["attempts"] >= 1:
+            rollback(state, "slot %s was not confirmed after boot" % state["active"])
+        else:
+            state["attempts"] += 1
+        save(fs, state)
+    return state
+
+
+def stage(fs, slot, record):
+    """Boot *slot* next, pending confirmation. *record* describes the update."""
+    state = load(fs)
+    record = dict(record, result="pending", reported=False)
+    state.update(previous=state["active"], active=slot, pending=True, attempts=0, last=record)
+    save(fs, state)
+    return state
+
+
+def confirm(fs):
+    state = load(fs)
+    if state["pending"]:
+        state["pending"] = False
+        state["attempts"] = 0
+        state["previous"] = None
+        if state.get("last"):
+            state["last"].update(result="confirmed", reported=False)
+        save(fs, state)
+    return state
