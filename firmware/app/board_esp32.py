@@ -1,0 +1,240 @@
+"""The ESP32 board layer: MicroPython's machine, network and esp32 modules
+behind the interface the app uses (firmware/sim/board.py is its host twin).
+Only this file and main.py differ between a device and the simulator.
+
+Pins and Wi-Fi come from device.json ("pins", "wifi"), written at flash time.
+"""
+
+import asyncio
+import gc
+import json
+import os
+import random
+import time
+
+import esp32
+import machine
+import network
+
+EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0  # MicroPython on ESP32 counts from 2000
+
+
+class Fs:
+    def open(self, name, mode="r"):
+        return open("/" + name.lstrip("/"), mode)
+
+    def exists(self, name):
+        try:
+            os.stat("/" + name.lstrip("/"))
+            return True
+        except OSError:
+            return False
+
+    def listdir(self, name=""):
+        return os.listdir("/" + name.lstrip("/"))
+
+    def remove(self, name):
+        os.remove("/" + name.lstrip("/"))
+
+    def mkdir(self, name):
+        os.mkdir("/" + name.lstrip("/"))
+
+    def rename(self, old, new):
+        try:
+            os.remove("/" + new.lstrip("/"))  # littlefs rename does not replace
+        except OSError:
+            pass
+        os.rename("/" + old.lstrip("/"), "/" + new.lstrip("/"))
+
+
+class ModbusBus:
+    def __init__(self, uart):
+        self.uart = uart
+        self.reader = asyncio.StreamReader(uart)
+        self.lock = asyncio.Lock()
+
+    async def transact(self, request, response_length, timeout_ms):
+        async with self.lock:
+            while self.uart.any():
+                self.uart.read()  # drop stale bytes
+            self.uart.write(request)
+            data = b""
+            try:
+                while len(data) < response_length:
+                    data += await asyncio.wait_for_ms(self.reader.read(response_length - len(data)), timeout_ms)
+            except asyncio.TimeoutError:
+                pass
+            return data
+
+
+class PartitionWriter:
+    BLOCK = 4096
+
+    def __init__(self, size):
+        self.part = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+        if size > self.part.info()[3]:
+            raise ValueError("image of %d bytes does not fit partition %s" % (size, self.part.info()[4]))
+        self.size = size
+        self.block = 0
+        self.buf = bytearray()
+
+    def write(self, data):
+        self.buf += data
+        while len(self.buf) >= self.BLOCK:
+            self.part.writeblocks(self.block, self.buf[:self.BLOCK])
+            self.buf = self.buf[self.BLOCK:]
+            self.block += 1
+
+    def readback_sha256(self):
+        import hashlib
+        if self.buf:
+            self.part.writeblocks(self.block, self.buf + b"\xff" * (self.BLOCK - len(self.buf)))
+            self.buf = bytearray()
+        h = hashlib.sha256()
+        chunk = bytearray(self.BLOCK)
+        left = self.size
+        for block in range((self.size + self.BLOCK - 1) // self.BLOCK):
+            self.part.readblocks(block, chunk)
+            h.update(chunk[:min(self.BLOCK, left)])
+            left -= self.BLOCK
+        return "".join("%02x" % b for b in h.digest())
+
+    def abort(self):
+        self.buf = bytearray()
+
+    def finish(self):
+        self.part.set_boot()
+        return self.part.info()[4]
+
+
+class Esp32Board:
+    def __init__(self):
+        self.fs = Fs()
+        with open("/device.json") as f:
+            settings = json.loads(f.read())
+        self.pins = settings.get("pins", {})
+        self.wifi = settings.get("wifi", {})
+        self.wlan = network.WLAN(network.STA_IF)
+        self.wlan.active(True)
+        self.boot_ms = time.ticks_ms()
+        uart = machine.UART(self.pins.get("uart", 2), 9600, tx=self.pins.get("uart_tx", 17),
+                            rx=self.pins.get("uart_rx", 16))
+        self.modbus = ModbusBus(uart)
+        self.onewire = None
+        if "onewire" in self.pins:
+            import onewire
+            self.onewire = onewire.OneWire(machine.Pin(self.pins["onewire"]))
+        self.run_pin = machine.Pin(self.pins.get("run", 34), machine.Pin.IN)
+        self.fault_pin = machine.Pin(self.pins.get("fault", 35), machine.Pin.IN)
+
+    # time
+    def time(self):
+        return time.time() + EPOCH_OFFSET
+
+    def uptime_s(self):
+        return time.ticks_diff(time.ticks_ms(), self.boot_ms) // 1000
+
+    async def sleep(self, seconds):
+        await asyncio.sleep(seconds)
+
+    def random(self):
+        return random.getrandbits(24) / 16777216.0
+
+    # identity and system
+    def mac(self):
+        return bytes(self.wlan.config("mac"))
+
+    def chip(self):
+        return os.uname().machine
+
+    def free_heap(self):
+        gc.collect()
+        return gc.mem_free()
+
+    def log(self, message):
+        print(message)
+
+    def reset(self):
+        machine.reset()
+
+    # network
+    async def wifi_connect(self, timeout_s=20):
+        if self.wlan.isconnected():
+            return
+        self.wlan.connect(self.wifi["ssid"], self.wifi.get("password"))
+        for _ in range(timeout_s * 10):
+            if self.wlan.isconnected():
+                try:
+                    import ntptime
+                    ntptime.settime()
+                except Exception:
+                    pass
+                return
+            await asyncio.sleep_ms(100)
+        raise OSError("Wi-Fi: could not join %s" % self.wifi.get("ssid"))
+
+    def wifi_rssi(self):
+        try:
+            return self.wlan.status("rssi")
+        except Exception:
+            return None
+
+    def ip(self):
+        return self.wlan.ifconfig()[0]
+
+    def ssl_context(self, broker):
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        with open("/" + (broker or {}).get("ca", "ca.crt"), "rb") as f:
+            ctx.load_verify_locations(cadata=f.read())
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    async def open_connection(self, host, port, tls):
+        return await asyncio.open_connection(host, port, ssl=self.ssl_context(None) if tls else None)
+
+    def metrics_address(self, port):
+        return ("0.0.0.0", port)
+
+    def outgoing(self, topic, payload):
+        return payload
+
+    # sensors
+    def operational_state(self):
+        if self.fault_pin.value():
+            return "fault"
+        return "run" if self.run_pin.value() else "stop"
+
+    async def ds18b20_read(self):
+        if self.onewire is None:
+            return []
+        ow = self.onewire
+        roms = ow.scan()
+        ow.reset()
+        ow.writebyte(0xCC)  # skip ROM: all sensors convert at once
+        ow.writebyte(0x44)
+        await asyncio.sleep_ms(750)
+        out = []
+        for rom in sorted(roms):
+            pad = bytearray(9)
+            ow.reset()
+            ow.select_rom(rom)
+            ow.writebyte(0xBE)
+            ow.readinto(pad)
+            out.append((bytes(rom), bytes(pad)))
+        return out
+
+    # the MicroPython image partitions (ESP-IDF OTA with rollback)
+    def firmware_writer(self, size):
+        return PartitionWriter(size)
+
+    def firmware_running(self):
+        return esp32.Partition(esp32.Partition.RUNNING).info()[4]
+
+    def firmware_pending(self):
+        # MicroPython does not expose the OTA image state; marking valid is
+        # idempotent, and the app only asks right after booting the target
+        return True
+
+    def firmware_mark_valid(self):
+        esp32.Partition.mark_app_valid_cancel_rollback()
