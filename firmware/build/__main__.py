@@ -1,0 +1,73 @@
+"""python -m firmware.build --inventory inventories/lab --device psu-ktcyat68 --micropython firmware.bin --out build/
+
+Builds one board's merged flash image (write it at offset 0) and prints its
+sha256. The MicroPython ESP32 firmware.bin is the operator's: it cannot be
+downloaded here."""
+
+import argparse
+import json
+import os
+import sys
+
+from firmware.sim import APP_DIR  # noqa: F401  (firmware/app on sys.path for ota.pack_bundle)
+
+from . import BuildError, build_image
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m firmware.build", description=__doc__.split("\n\n")[0])
+    p.add_argument("--inventory", default="inventories/lab")
+    p.add_argument("--device", required=True, help="device id (inventory host name)")
+    p.add_argument("--micropython", required=True, help="MicroPython ESP32 firmware.bin (supplied by you)")
+    p.add_argument("--secrets", help="secrets directory (default: secrets/<site>)")
+    p.add_argument("--wifi-ssid")
+    p.add_argument("--wifi-password", default="")
+    p.add_argument("--tls", action="store_true", help="devices connect with TLS")
+    p.add_argument("--version", default="0.1.0", help="app version written into slot a")
+    p.add_argument("--out", default="build")
+    args = p.parse_args(argv)
+
+    from firmware.sim import fleet
+
+    specs, site_vars = fleet.inventory_devices(args.inventory)
+    match = [s for s in specs if s[0] == args.device]
+    if not match:
+        p.error("device %s is not in inventory %s" % (args.device, args.inventory))
+    device_id, kind, mac = match[0]
+    site = site_vars.get("edgefleet_site", "lab")
+    secrets = args.secrets or os.path.join("secrets", site)
+    try:
+        with open(os.path.join(secrets, "mqtt", device_id)) as f:
+            password = f.read().strip()
+        with open(args.micropython, "rb") as f:
+            base = f.read()
+        ca = None
+        if args.tls:
+            with open(os.path.join(secrets, "ca", "ca.crt"), "rb") as f:
+                ca = f.read()
+    except OSError as e:
+        p.error(str(e))
+    broker = {"host": site_vars.get("edgefleet_broker_host"),
+              "port": int(site_vars.get("edgefleet_broker_tls_port" if args.tls else "edgefleet_broker_port", 1883)),
+              "tls": args.tls}
+    if ca:
+        broker["ca"] = "ca.crt"
+    device = {"id": device_id, "kind": kind, "site": site, "broker": broker, "password": password,
+              "config": fleet.kind_config(kind)}
+    wifi = {"ssid": args.wifi_ssid, "password": args.wifi_password} if args.wifi_ssid else None
+    try:
+        image, report = build_image(base, device, ca, wifi, args.version)
+    except BuildError as e:
+        p.error(str(e))
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, device_id + ".bin")
+    with open(path, "wb") as f:
+        f.write(image)
+    with open(path + ".json", "w") as f:
+        json.dump(dict(report, device=device_id, mac=mac), f, indent=1)
+    print("%s %s (%d bytes, MAC %s)" % (report["sha256"], path, report["size"], mac))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The flash image build: partition table, littlefs filesystem with the
+compiled app, NVS, merge with the MicroPython base image, determinism, and
+proof that the simulator runs the very files the image packs.
+
+The MicroPython ESP32 firmware.bin cannot be downloaded here, so these tests
+use a stand-in with the same layout (image headers at 0x1000 and 0x10000);
+what is tested is our part: everything around it."""
+
+import hashlib
+import json
+import struct
+import sys
+
+import pytest
+
+import firmware.build as build
+from mpy_runner import APP, run_micropython
+
+DEVICE = {"id": "psu-ktcyat68", "kind": "psu", "site": "lab", "broker": {"host": "10.0.0.2", "port": 1883},
+          "password": "secret", "config": {"pzem_addresses": [1, 2, 3], "temperature_zones": 0}}
+
+
+def stand_in_micropython():
+    bootloader = bytes([0xE9]) + b"B" * (0x7000 - 1)
+    old_table = b"\xff" * (0x10000 - 0x8000)
+    app = bytes([0xE9]) + b"A" * (0x1000 - 1)
+    return bootloader + old_table + app
+
+
+@pytest.fixture(scope="module")
+def built():
+    return build.build_image(stand_in_micropython(), DEVICE, ca_pem=b"-----BEGIN CERTIFICATE-----\n",
+                             wifi={"ssid": "plant-net", "password": "pw"}, version="1.4.0")
+
+
+def test_partition_table_layout():
+    table = build.partition_table()
+    assert len(table) == 0xC00
+    entries = []
+    for i in range(0, len(table), 32):
+        row = table[i:i + 32]
+        if row[:2] != b"\xaa\x50":
+            break
+        _, ptype, subtype, offset, size, label, flags = struct.unpack("<2sBBLL16sL", row)
+        entries.append((label.rstrip(b"\0").decode(), ptype, subtype, offset, size))
+    md5_row = table[len(entries) * 32:len(entries) * 32 + 32]
+    assert md5_row[:2] == b"\xeb\xeb" and md5_row[16:] == hashlib.md5(table[:len(entries) * 32]).digest()
+    assert set(table[len(entries) * 32 + 32:]) == {0xFF}
+    assert entries == list(build.PARTITIONS)
+    spans = sorted((o, o + s) for _, _, _, o, s in entries)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert spans[0][0] >= 0x9000 and spans[-1][1] <= build.FLASH_SIZE
+    assert build.partition("ota_0")[4] == build.partition("ota_1")[4]
+
+
+def test_image_layout(built):
+    image, report = built
+    assert len(image) == build.FLASH_SIZE and report["sha256"] == hashlib.sha256(image).hexdigest()
+    assert image[0x1000] == 0xE9 and image[0x1001:0x1004] == b"BBB"
+    assert image[0x8000:0x8C00] == build.partition_table()
+    assert image[0x10000] == 0xE9 and image[0x10001:0x10004] == b"AAA"
+    nvs = image[0x9000:0xE000]
+    assert nvs[:4] == b"\xfe\xff\xff\xff", "NVS page 0 must be active"
+    assert b"plant-net" in nvs and b"edgefleet" in nvs
+
+
+def read_filesystem(image):
+    from littlefs import LittleFS
+
+    vfs = build.partition("vfs")
+    fs = LittleFS(block_size=4096, block_count=vfs[4] // 4096, read_size=32, prog_size=32, lookahead_size=32,
+                  name_max=255, mount=False)
+    fs.context.buffer[:] = image[vfs[3]:vfs[3] + vfs[4]]
+    fs.mount()
+    files = {}
+    for root, _dirs, names in fs.walk("/"):
+        for name in names:
+            path = (root.rstrip("/") + "/" + name).lstrip("/")
+            with fs.open(path, "rb") as f:
+                files[path] = f.read()
+    return files
+
+
+def test_filesystem_holds_the_compiled_app_and_device_files(built, tmp_path):
+    image, report = built
+    files = read_filesystem(image)
+    assert json.loads(files["device.json"]) == DEVICE
+    assert files["main.py"] == (APP / "main.py").read_bytes()
+    assert {"bootsel.mpy", "board_esp32.mpy", "ca.crt"} <= set(files)
+    manifest = json.loads(files["app_a/manifest.json"])
+    assert manifest["version"] == "1.4.0"
+    for entry in manifest["files"]:
+        assert hashlib.sha256(files["app_a/" + entry["name"]]).hexdigest() == entry["sha256"]
+    # the packed bytecode runs on MicroPython as it is
+    for name, data in files.items():
+        if name.startswith("app_a/") and name.endswith(".mpy"):
+            (tmp_path / name.split("/")[1]).write_bytes(data)
+    out = run_micropython("import identity\nprint(identity.device_id('psu', '24:0a:c4:12:34:01'))", tmp_path)
+    assert out.strip() == DEVICE["id"]
+
+
+def test_same_inputs_same_bytes_and_any_change_shows(built):
+    image, report = built
+    again, report2 = build.build_image(stand_in_micropython(), DEVICE, ca_pem=b"-----BEGIN CERTIFICATE-----\n",
+                                       wifi={"ssid": "plant-net", "password": "pw"}, version="1.4.0")
+    assert again == image and report2 == report
+    other, report3 = build.build_image(stand_in_micropython(), dict(DEVICE, password="rotated"),
+                                       ca_pem=b"-----BEGIN CERTIFICATE-----\n",
+                                       wifi={"ssid": "plant-net", "password": "pw"}, version="1.4.0")
+    assert report3["sha256"] != report["sha256"]
+
+
+@pytest.mark.parametrize("base,reason", [
+    (b"\x00" * 0x20000, "not a MicroPython ESP32 firmware.bin"),
+    (bytes([0xE9]) + b"\x00" * 0x10000, "no app image at 0x10000"),
+])
+def test_bad_base_image_is_refused(base, reason):
+    with pytest.raises(build.BuildError, match=reason):
+        build.build_image(base, DEVICE)
+
+
+def test_nvs_keys_are_checked():
+    with pytest.raises(build.BuildError, match="longer than 15"):
+        build.nvs_image("edgefleet", {"a_very_long_key_name": "x"}, 0x5000)
+
+
+def test_the_simulator_runs_the_files_the_image_packs(tmp_path):
+    """Run a simulated device, then compare the app modules it executed with
+    the sources the image build compiles: the same files, nothing else."""
+    import asyncio
+
+    from firmware.sim import fleet
+
+    root = fleet.provision(str(tmp_path), DEVICE["id"], "psu", "24:0a:c4:12:34:01", "lab",
+                           {"host": "127.0.0.1", "port": 1}, "pw", initial_config=fleet.kind_config("psu"))
+    sim = fleet.SimDevice(root, bytes.fromhex("240ac4123401"), "psu", time_scale=0.01)
+
+    async def briefly():
+        sim.start()
+        await asyncio.sleep(0.3)
+        await sim.stop()
+
+    asyncio.run(briefly())
+    assert sim.device.seq > 0, "the simulated device did not run"
+    executed = {pathlib_path(m.__file__) for m in list(sys.modules.values())
+                if getattr(m, "__file__", None) and pathlib_path(m.__file__).parent == APP}
+    packed = set(build.app_sources())
+    board_only = {APP / "board_esp32.py", APP / "main.py"}
+    assert executed <= packed, executed - packed
+    assert executed == packed - board_only, "packed but never run by the simulator: %s" % (packed - board_only - executed)
+
+
+def pathlib_path(p):
+    import pathlib
+    return pathlib.Path(p).resolve()
