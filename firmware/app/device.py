@@ -264,15 +264,30 @@ class Device:
                     temps.append(None)
         return meters, temps
 
+    async def tick(self, due, interval):
+        """Sleep until *due* + *interval*: a fixed cadence, so time spent
+        working or waiting for the CPU is not added to the period. Returns
+        the new due time. When the loop fell behind, or the wall clock
+        jumped (NTP), the cadence restarts from now instead of bursting or
+        stalling."""
+        now = self.board.time()
+        delay = due + interval - now
+        if delay < 0 or delay > interval:
+            due, delay = now, interval
+        await self.board.sleep(delay)
+        return due + interval
+
     async def sample_loop(self):
+        due = self.board.time()
         while True:
             meters, temps = await self.read_sensors()
             self.aggregator.add(meters, temps)
-            await self.board.sleep(self.config["sample_interval_s"])
+            due = await self.tick(due, self.config["sample_interval_s"])
 
     async def publish_loop(self):
+        due = self.board.time()
         while True:
-            await self.board.sleep(self.config["publish_interval_s"])
+            due = await self.tick(due, self.config["publish_interval_s"])
             msg = self.aggregator.payload(self.id, self.board.time(), self.board.operational_state(),
                                           self.board.wifi_rssi(), self.board.uptime_s(),
                                           self.config["setpoint_c"])

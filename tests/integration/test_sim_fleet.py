@@ -210,7 +210,10 @@ def test_outage_buffer_delivers_100_messages_in_order_after_the_broker_returns(s
     # exactly one hole: the oldest messages the full buffer dropped
     assert len(jumps) == 1, jumps
     first_kept = jumps[0][1]
-    assert first_kept - jumps[0][0] - 1 == sims[0].device.buffer.dropped
+    hole, dropped = first_kept - jumps[0][0] - 1, sims[0].device.buffer.dropped
+    # the message in flight when the broker went down may have reached it
+    # before the connection broke: buffered again, then dropped, yet delivered
+    assert dropped - 1 <= hole <= dropped, (hole, dropped)
     kept = unique[unique.index(first_kept):]
     assert kept[:100] == list(range(first_kept, first_kept + 100)), "the 100 buffered messages were not all delivered"
 
@@ -268,3 +271,38 @@ def test_metrics_endpoint_speaks_prometheus_text(site):
     assert set(phases) == {"a", "b", "c"} and all(200 < v < 260 for v in phases.values())
     assert len(families["edgefleet_temperature_celsius"].samples) == 3
     assert pages["other"][0] == 404
+
+
+def test_devices_use_tls_with_the_site_ca(broker, tmp_path):
+    from tlsca import make_ca_and_server
+
+    tls = make_ca_and_server(tmp_path / "tls")
+    device_id, kind, mac = DEVICES[0]
+    b = broker(users=dict(SERVICE, **{device_id: "pw"}), acl=render_acl(SITE, [device_id]), tls=tls)
+    root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
+                           {"host": "127.0.0.1", "port": b.tls_port, "tls": True}, "pw", ca_file=str(tls["ca"]),
+                           initial_config=fleet.kind_config(kind))
+    sim = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
+    tg = Paho(b.tls_port, user="telegraf", password=SERVICE["telegraf"], ca_file=str(tls["ca"])).connect_ok()
+    tg.subscribe(topic(device_id, "state"), 1)
+    asyncio.run(run_for([sim], 1.0))
+    got = messages(tg)
+    tg.close()
+    assert got and json.loads(got[0].payload)["device_id"] == device_id
+    # a device that does not trust this CA cannot connect
+    other = make_ca_and_server(tmp_path / "other")
+    with sim.board.fs.open("ca.crt", "wb") as f:
+        f.write(other["ca"].read_bytes())
+    sim2 = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
+
+    async def attempt():
+        sim2.start()
+        await asyncio.sleep(0.5)
+        connected = sim2.device.online()
+        logs = list(sim2.board.logs)
+        await sim2.stop()
+        return connected, logs
+
+    connected, logs = asyncio.run(attempt())
+    assert not connected and any("CERTIFICATE_VERIFY_FAILED" in line or "certificate verify failed" in line
+                                 for line in logs), logs

@@ -22,13 +22,15 @@ def free_port():
 
 
 class Broker:
-    def __init__(self, workdir, users=None, acl=None, extra=""):
+    def __init__(self, workdir, users=None, acl=None, extra="", tls=None):
         self.dir = pathlib.Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.users = dict(users or {})
         self.acl = acl
         self.extra = extra
+        self.tls = tls  # {"ca", "cert", "key"} paths: adds a TLS listener on tls_port
+        self.tls_port = free_port() if tls else None
         self.proc = None
         self.log = self.dir / "mosquitto.log"
 
@@ -46,6 +48,9 @@ class Broker:
             acl = self.dir / "acl"
             acl.write_text(self.acl)
             lines.append(f"acl_file {acl}")
+        if self.tls:
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {self.tls['ca']}",
+                      f"certfile {self.tls['cert']}", f"keyfile {self.tls['key']}"]
         conf = self.dir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n" + self.extra)
         return conf
