@@ -21,6 +21,10 @@ class Backoff:
                 return random.getrandbits(24) / 16777216.0
         self._rand = rand
 
+    def rand(self):
+        """A uniform random number in [0, 1) from this backoff's source."""
+        return self._rand()
+
     def window(self):
         """Upper bound of the next delay."""
         if self.attempt >= 30:

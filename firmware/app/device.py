@@ -277,15 +277,20 @@ class Device:
         await self.board.sleep(delay)
         return due + interval
 
+    def phase(self, interval):
+        """A random start phase: devices that boot together (a site power
+        cut) do not sample and publish in lockstep."""
+        return self.board.time() - self.backoff.rand() * interval
+
     async def sample_loop(self):
-        due = self.board.time()
+        due = self.phase(self.config["sample_interval_s"])
         while True:
             meters, temps = await self.read_sensors()
             self.aggregator.add(meters, temps)
             due = await self.tick(due, self.config["sample_interval_s"])
 
     async def publish_loop(self):
-        due = self.board.time()
+        due = self.phase(self.config["publish_interval_s"])
         while True:
             due = await self.tick(due, self.config["publish_interval_s"])
             msg = self.aggregator.payload(self.id, self.board.time(), self.board.operational_state(),

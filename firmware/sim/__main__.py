@@ -29,6 +29,12 @@ def main(argv=None):
     p.add_argument("--time-scale", type=float, default=1.0, help="0.1 runs device timers 10x faster")
     p.add_argument("--fault-offline", type=float, default=0.0, help="outages per device per minute")
     p.add_argument("--fault-malformed", type=float, default=0.0, help="fraction of messages sent malformed")
+    p.add_argument("--fault-ota-corrupt", type=float, default=0.0,
+                   help="fraction of devices whose OTA downloads arrive corrupted (the update fails)")
+    p.add_argument("--fault-ota-hang", type=float, default=0.0, help="fraction of devices whose OTA downloads stall")
+    p.add_argument("--fault-selftest", type=float, default=0.0,
+                   help="fraction of devices whose updated firmware fails its self-test (and rolls back)")
+    p.add_argument("--seed", type=int, default=1, help="seed for choosing the faulty devices")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
@@ -63,6 +69,8 @@ def main(argv=None):
         d = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=args.time_scale)
         d.board.faults.malformed = args.fault_malformed
         devices.append(d)
+    fleet.assign_faults(devices, args.seed, ota_corrupt=args.fault_ota_corrupt, ota_hang=args.fault_ota_hang,
+                        selftest_fail=args.fault_selftest)
     logging.info("running %d devices against %s:%d (%s)", len(devices), host, port, "TLS" if args.tls else "plain")
 
     async def run():

@@ -103,6 +103,20 @@ class SimDevice:
         self._shutdown_device()
 
 
+def assign_faults(devices, seed, **fractions):
+    """Give each named fault to that fraction of the devices (chosen by seed)."""
+    rng = random.Random(seed)
+    chosen = {}
+    for name, fraction in sorted(fractions.items()):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("fault fraction %s must be between 0 and 1, got %r" % (name, fraction))
+        picked = rng.sample(range(len(devices)), round(fraction * len(devices)))
+        for i in picked:
+            setattr(devices[i].board.faults, name, True)
+        chosen[name] = sorted(picked)
+    return chosen
+
+
 def inventory_devices(inventory):
     """[(device_id, kind, mac)] and the site vars from an Ansible inventory."""
     exe = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
@@ -121,6 +135,8 @@ def inventory_devices(inventory):
     for name in sorted(set(hosts("fleet"))):
         kind, _ = identity.split_device_id(name)
         mac = hostvars[name]["device_mac"]
+        if isinstance(mac, dict):  # ansible-inventory marks values set by inventory plugins as unsafe
+            mac = mac["__ansible_unsafe"]
         if identity.device_id(kind, mac) != name:
             raise ValueError("inventory host %s does not match its MAC %s (expected %s)"
                              % (name, mac, identity.device_id(kind, mac)))

@@ -24,6 +24,11 @@ def expected_id(kind, mac):
     return kind + "-" + "".join(CROCKFORD[(value >> (35 - 5 * i)) & 31] for i in range(8))
 
 
+def unsafe(value):
+    """ansible-inventory --list wraps values that plugins set as unsafe."""
+    return value["__ansible_unsafe"] if isinstance(value, dict) else value
+
+
 def fleet_hosts(group):
     hosts = dict(group.get("hosts") or {})
     for child in (group.get("children") or {}).values():
@@ -58,8 +63,9 @@ def test_bit_order_agrees_with_rfc4648_base32():
 
 @pytest.mark.parametrize("path", INVENTORIES, ids=[p.parent.name for p in INVENTORIES])
 def test_inventory_parses_with_ansible(path):
-    """ansible-inventory reads the inventory: a controller, the fleet, the site vars."""
-
+    """ansible-inventory reads the whole inventory (hosts.yml and any plugin
+    sources such as the lab's generated sim_fleet): one controller, and every
+    fleet host named by the id its MAC gives (computed here independently)."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     out = subprocess.run([str(pathlib.Path(sys.executable).parent / "ansible-inventory"), "-i", str(path.parent),
                           "--list"], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
@@ -68,9 +74,23 @@ def test_inventory_parses_with_ansible(path):
     fleet = set()
     for child in inv["fleet"]["children"]:
         fleet.update(inv[child]["hosts"])
-    assert fleet == set(fleet_hosts(yaml.safe_load(path.read_text())["all"]["children"]["fleet"]))
+    assert set(fleet_hosts(yaml.safe_load(path.read_text())["all"]["children"]["fleet"])) <= fleet
+    hostvars = inv["_meta"]["hostvars"]
+    macs = [unsafe(hostvars[n]["device_mac"]) for n in sorted(fleet)]
+    for name, mac in zip(sorted(fleet), macs):
+        assert name == expected_id(name.split("-")[0], mac), name
+    assert len(macs) == len(set(macs)), "two devices share a MAC"
     controller = inv["controller"]["hosts"][0]
-    assert re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", inv["_meta"]["hostvars"][controller]["edgefleet_site"])
+    assert re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", hostvars[controller]["edgefleet_site"])
+
+
+def test_lab_has_a_simulated_fleet_of_200():
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    out = subprocess.run([str(pathlib.Path(sys.executable).parent / "ansible-inventory"), "-i",
+                          str(ROOT / "inventories" / "lab"), "--list"], capture_output=True, text=True, env=env,
+                         cwd=ROOT, check=True)
+    hostvars = json.loads(out.stdout)["_meta"]["hostvars"]
+    assert sum(1 for v in hostvars.values() if unsafe(v.get("device_simulated")) is True) == 200
 
 
 @pytest.mark.parametrize("path", INVENTORIES, ids=[p.parent.name for p in INVENTORIES])
