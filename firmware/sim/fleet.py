@@ -80,6 +80,18 @@ class SimDevice:
         self.task = asyncio.create_task(self.run())
         return self.task
 
+    async def power_off(self):
+        """A power cut: the device stops wherever it is, says nothing (the
+        broker publishes its will); start() boots it again."""
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except BaseException:
+                pass
+            self.task = None
+        self._shutdown_device()
+
     def go_offline(self, seconds):
         self.board.faults.offline_until = time.time() + seconds
         if self.device is not None and self.device.client is not None:

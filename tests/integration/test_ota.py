@@ -143,32 +143,19 @@ def test_power_cut_during_download_and_before_confirmation_leaves_a_bootable_dev
     ctl = watcher(site.broker, "controller", topic(device_id, "ota"))
     cmd = ota_cmd("app", publish_file(http_dir, "a.bin", app_bundle()), timeout_s=30)
 
-    async def power_cut():
-        sim.task.cancel()
-        try:
-            await sim.task
-        except BaseException:
-            pass
-        sim._shutdown_device()
-        sim.start()
-
     async def scenario():
         await asyncio.sleep(0.5)
         ctl.publish(topic(device_id, "cmd"), json.dumps(cmd))
         await asyncio.sleep(0.5)  # the download is stalled half way
-        await power_cut()
+        await sim.power_off()
+        sim.start()
         await asyncio.sleep(1.0)
         assert sim.device.online() and bootsel.load(sim.board.fs)["active"] == "a"
         # now power cuts right after the switch: the device is off while the
         # new slot boots once (bootsel.select, as main.py does) and dies
         # before its self-test; the next boot must return to the old slot
         sim.board.faults.ota_hang = False
-        sim.task.cancel()
-        try:
-            await sim.task
-        except BaseException:
-            pass
-        sim._shutdown_device()
+        await sim.power_off()
         bootsel.stage(sim.board.fs, "b", {"id": "x", "version": NEW_VERSION, "payload": "app"})
         assert bootsel.select(sim.board.fs)["active"] == "b"  # first boot of b, pending
         sim.start()  # second boot of an unconfirmed slot
