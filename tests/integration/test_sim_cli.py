@@ -1,0 +1,78 @@
+"""python -m firmware.sim as an operator runs it: devices and broker address
+from an Ansible inventory, credentials from the secrets directory; stops
+after --duration or on Ctrl-C (SIGINT), marking each device offline."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import identity
+from mqttc import Client as Paho
+from roleacl import render_acl
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEVICES = [("psu", "24:0a:c4:12:34:01"), ("env", "24:0a:c4:12:34:11")]
+
+
+def make_site(tmp_path, broker):
+    ids = [identity.device_id(k, m) for k, m in DEVICES]
+    b = broker(users=dict({"controller": "ctl"}, **{i: "pw-" + i for i in ids}), acl=render_acl("cli", ids))
+    inv = tmp_path / "inv"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    hosts = {"all": {"children": {"controller": {"hosts": {"ctl": {}}},
+                                  "fleet": {"hosts": {i: {"device_mac": m} for i, (_, m) in zip(ids, DEVICES)}}}}}
+    (inv / "hosts.yml").write_text(json.dumps(hosts))
+    (inv / "group_vars" / "all" / "site.yml").write_text(
+        json.dumps({"edgefleet_site": "cli", "edgefleet_broker_host": "127.0.0.1", "edgefleet_broker_port": b.port}))
+    secrets = tmp_path / "secrets"
+    (secrets / "mqtt").mkdir(parents=True)
+    for i in ids:
+        (secrets / "mqtt" / i).write_text("pw-" + i + "\n")
+    return b, ids, ["--inventory", str(inv), "--secrets", str(secrets), "--state-dir", str(tmp_path / "state")]
+
+
+def cli(args, **kw):
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "firmware.sim", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_runs_for_duration_and_reports(tmp_path, broker):
+    b, ids, args = make_site(tmp_path, broker)
+    watcher = Paho(b.port, user="controller", password="ctl").connect_ok()
+    watcher.subscribe("site/cli/+/+/status", 1)
+    proc = cli(args + ["--duration", "3", "--time-scale", "0.1"])
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "running 2 devices" in out and "stopped:" in out
+    time.sleep(0.5)
+    last = {}
+    while not watcher.messages.empty():
+        m = watcher.messages.get()
+        last[m.topic.split("/")[3]] = json.loads(m.payload)["online"]
+    watcher.close()
+    assert last == {i: False for i in ids}, "each device must mark itself offline when the simulator stops"
+
+
+def test_ctrl_c_stops_cleanly(tmp_path, broker):
+    _b, _ids, args = make_site(tmp_path, broker)
+    proc = cli(args)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "stopped:" in out and "Traceback" not in out
+
+
+def test_too_many_devices_and_missing_credentials_are_refused(tmp_path, broker):
+    _b, ids, args = make_site(tmp_path, broker)
+    out, _ = cli(args + ["--count", "5"]).communicate(timeout=60)
+    assert "--count 5: the inventory" in out and "has only 2 devices" in out
+    (tmp_path / "secrets" / "mqtt" / ids[0]).unlink()
+    proc = cli(args)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and f"no password for {ids[0]}" in out
