@@ -167,3 +167,47 @@ def test_power_cut_during_download_and_before_confirmation_leaves_a_bootable_dev
     state = bootsel.load(sim.board.fs)
     assert state["active"] == "a" and state["last"]["result"] == "rolled_back"
     assert sim.device is not None
+
+
+def test_app_update_over_https_with_the_site_ca(broker, tmp_path):
+    import ssl
+
+    from firmware.sim import fleet
+    from test_sim_fleet import SERVICE
+    from roleacl import render_acl
+    from tlsca import make_ca_and_server
+
+    tls = make_ca_and_server(tmp_path / "tls")
+    device_id, kind, mac = DEVICES[0]
+    b = broker(users=dict(SERVICE, **{device_id: "pw"}), acl=render_acl("it", [device_id]))
+    www = tmp_path / "www"
+    www.mkdir()
+    data = app_bundle()
+    (www / "app.bin").write_bytes(data)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls["cert"], tls["key"])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, "it", {"host": "127.0.0.1", "port": b.port},
+                           "pw", ca_file=str(tls["ca"]), initial_config=fleet.kind_config(kind))
+    sim = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
+    ctl = watcher(b, "controller", topic(device_id, "ota"))
+    cmd = ota_cmd("app", {"url": f"https://127.0.0.1:{server.server_address[1]}/app.bin", "size": len(data),
+                          "sha256": hashlib.sha256(data).hexdigest()})
+
+    async def scenario():
+        await asyncio.sleep(0.5)
+        ctl.publish(topic(device_id, "cmd"), json.dumps(cmd))
+        await asyncio.sleep(3.0)
+
+    try:
+        asyncio.run(run_for([sim], 0, during=scenario))
+    finally:
+        server.shutdown()
+    states = [json.loads(m.payload)["state"] for m in messages(ctl)]
+    ctl.close()
+    assert states == ["downloading", "verifying", "rebooting", "confirmed"]
+    assert bootsel.load(sim.board.fs)["active"] == "b"
