@@ -76,7 +76,6 @@ class Device:
         self.client = None
         self.inbox = []
         self.inbox_event = asyncio.Event()
-        self.connected_event = asyncio.Event()
         self.wake_flush = asyncio.Event()
         self.published = 0
         self.connects = 0
@@ -181,16 +180,16 @@ class Device:
             try:
                 await self._connect_once()
             except Exception as e:
+                if self.client is not None:  # connected, then failed to set up: drop the half session
+                    self.client.abort()
                 self.client = None
                 delay = self.backoff.next_delay()
                 self.board.log("connect failed (%r); retry in %.1fs" % (e, delay))
                 await self.board.sleep(delay)
                 continue
             self.backoff.reset()
-            self.connected_event.set()
             self.wake_flush.set()
             reason = await self.client.wait_closed()
-            self.connected_event.clear()
             delay = self.backoff.next_delay()
             self.board.log("connection lost (%s); reconnect in %.1fs" % (reason, delay))
             await self.board.sleep(delay)
