@@ -106,13 +106,7 @@ class SimDevice:
                 await d.client.disconnect()
             except Exception:
                 pass
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except BaseException:
-                pass
-        self._shutdown_device()
+        await self.power_off()
 
 
 def assign_faults(devices, seed, **fractions):
