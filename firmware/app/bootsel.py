@@ -44,11 +44,16 @@ def load(fs):
         return default_state()
 
 
-def save(fs, state):
-    tmp = BOOT_FILE + ".new"
+def write_json(fs, path, value):
+    """Replace *path* so that a reset leaves either the old or the new file."""
+    tmp = path + ".new"
     with fs.open(tmp, "w") as f:
-        f.write(json.dumps(state))
-    fs.rename(tmp, BOOT_FILE)
+        f.write(json.dumps(value))
+    fs.rename(tmp, path)
+
+
+def save(fs, state):
+    write_json(fs, BOOT_FILE, state)
 
 
 def rollback(state, detail):

@@ -34,14 +34,6 @@ def load_json(fs, path, default=None):
         return json.loads(f.read())
 
 
-def save_json(fs, path, value):
-    """Write *value* to *path* so that a reset leaves the old or the new file."""
-    tmp = path + ".new"
-    with fs.open(tmp, "w") as f:
-        f.write(json.dumps(value))
-    fs.rename(tmp, path)
-
-
 class Device:
     def __init__(self, board):
         self.board = board
@@ -224,7 +216,7 @@ class Device:
             await self.publish_json("cfg/ack", config.ack(config.candidate_version(candidate), "rejected", str(e)))
             return
         if new != self.config:
-            save_json(self.fs, "config.json", new)
+            bootsel.write_json(self.fs, "config.json", new)  # atomic
             self.config = new
             self.buffer.capacity = new["buffer_capacity"]
         await self.publish_json("cfg/ack", config.ack(new["version"], "applied"))

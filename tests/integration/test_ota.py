@@ -15,7 +15,7 @@ import pytest
 
 import bootsel
 import ota
-from test_sim_fleet import DEVICES, messages, run_for, site, topic, watcher  # noqa: F401  (fixture re-use)
+from simsite import DEVICES, messages, run_for, topic, watcher
 
 NEW_VERSION = "0.2.0"
 
@@ -173,7 +173,7 @@ def test_app_update_over_https_with_the_site_ca(broker, tmp_path):
     import ssl
 
     from firmware.sim import fleet
-    from test_sim_fleet import SERVICE
+    from simsite import SERVICE
     from roleacl import render_acl
     from tlsca import make_ca_and_server
 
