@@ -24,7 +24,7 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "lib"), str(ROOT / "plugins" / "filter")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "pylib"), str(ROOT / "plugins" / "filter")]
 
 from firmware.sim import fleet  # noqa: E402  (also puts firmware/app on sys.path)
 
@@ -79,7 +79,7 @@ async def measure(count, duration, workdir):
         for device_id, kind, mac in specs:
             root = fleet.provision(str(workdir / ("sim%d" % count)), device_id, kind, mac, "bench",
                                    {"host": "127.0.0.1", "port": broker.port}, "pw",
-                                   initial_config=fleet.kind_config(kind))
+                                   initial_config=fleet.kind_config(kind, mac))
             devices.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind))
         stop = asyncio.Event()
         lag = []

@@ -2,7 +2,7 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-for sub in ("plugins/filter", "tests/lib", "tests/firmware", "firmware/app"):
+for sub in ("collections", "plugins/filter", "tools/pylib", "tests/firmware", "plugins/module_utils", "firmware/app"):
     path = str(ROOT / sub)
     if path not in sys.path:
         sys.path.insert(0, path)
@@ -25,3 +25,13 @@ def broker(tmp_path):
     yield make
     for b in started:
         b.stop()
+
+
+@pytest.fixture
+def ntp_server():
+    """An SNTP server on 127.0.0.1 with a clock of its own (from 2031); call start() to answer."""
+    from ntpfake import NtpServer
+
+    server = NtpServer()
+    yield server
+    server.stop()

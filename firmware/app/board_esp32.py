@@ -3,6 +3,8 @@ behind the interface the app uses (firmware/sim/board.py is its host twin).
 Only this file and main.py differ between a device and the simulator.
 
 Pins and Wi-Fi come from device.json ("pins", "wifi"), written at flash time.
+The filesystem and the uptime counter are in ``boardkit`` (tested under
+MicroPython's unix port on its littlefs driver).
 """
 
 import asyncio
@@ -15,36 +17,15 @@ import time
 import esp32
 import machine
 import network
+from boardkit import Fs, Uptime
 
-EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0  # MicroPython on ESP32 counts from 2000
-
-
-class Fs:
-    def open(self, name, mode="r"):
-        return open("/" + name.lstrip("/"), mode)
-
-    def exists(self, name):
-        try:
-            os.stat("/" + name.lstrip("/"))
-            return True
-        except OSError:
-            return False
-
-    def listdir(self, name=""):
-        return os.listdir("/" + name.lstrip("/"))
-
-    def remove(self, name):
-        os.remove("/" + name.lstrip("/"))
-
-    def mkdir(self, name):
-        os.mkdir("/" + name.lstrip("/"))
-
-    def rename(self, old, new):
-        try:
-            os.remove("/" + new.lstrip("/"))  # littlefs rename does not replace
-        except OSError:
-            pass
-        os.rename("/" + old.lstrip("/"), "/" + new.lstrip("/"))
+EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0  # older MicroPython on ESP32 counts from 2000
+VALID_AFTER = 1735689600  # 2025-01-01: an RTC before that was never set
+RESET_CAUSES = {}
+for _name, _cause in (("PWRON_RESET", "power_on"), ("HARD_RESET", "hard"), ("WDT_RESET", "watchdog"),
+                      ("DEEPSLEEP_RESET", "deepsleep"), ("SOFT_RESET", "soft")):
+    if hasattr(machine, _name):
+        RESET_CAUSES[getattr(machine, _name)] = _cause
 
 
 class ModbusBus:
@@ -109,14 +90,16 @@ class PartitionWriter:
 
 class Esp32Board:
     def __init__(self):
-        self.fs = Fs()
+        self.fs = Fs("/")
+        self.uptime = Uptime(time.ticks_ms, time.ticks_diff)
+        self.wdt = None
+        self.synced = False
         with open("/device.json") as f:
             settings = json.loads(f.read())
         self.pins = settings.get("pins", {})
         self.wifi = self._nvs_wifi() or settings.get("wifi", {})
         self.wlan = network.WLAN(network.STA_IF)
         self.wlan.active(True)
-        self.boot_ms = time.ticks_ms()
         uart = machine.UART(self.pins.get("uart", 2), 9600, tx=self.pins.get("uart_tx", 17),
                             rx=self.pins.get("uart_rx", 16))
         self.modbus = ModbusBus(uart)
@@ -145,8 +128,17 @@ class Esp32Board:
     def time(self):
         return time.time() + EPOCH_OFFSET
 
+    def time_synced(self):
+        """True once NTP set the clock (or the RTC kept a valid time over a soft reset)."""
+        return self.synced or self.time() >= VALID_AFTER
+
+    def set_time(self, epoch):
+        t = time.gmtime(int(epoch) - EPOCH_OFFSET)
+        machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0))
+        self.synced = True
+
     def uptime_s(self):
-        return time.ticks_diff(time.ticks_ms(), self.boot_ms) // 1000
+        return self.uptime.seconds()
 
     async def sleep(self, seconds):
         await asyncio.sleep(seconds)
@@ -171,6 +163,25 @@ class Esp32Board:
     def reset(self):
         machine.reset()
 
+    def reset_cause(self):
+        return RESET_CAUSES.get(machine.reset_cause(), "unknown")
+
+    def set_hostname(self, name):
+        """<id>.local: DHCP host name and the mDNS responder's name."""
+        try:
+            network.hostname(name)
+        except (AttributeError, ValueError, OSError):
+            self.wlan.config(dhcp_hostname=name)  # MicroPython before 1.20
+
+    def watchdog_start(self, timeout_s):
+        """The hardware watchdog: once started it cannot be stopped."""
+        if self.wdt is None:
+            self.wdt = machine.WDT(timeout=int(timeout_s * 1000))
+
+    def watchdog_feed(self):
+        if self.wdt is not None:
+            self.wdt.feed()
+
     # network
     async def wifi_connect(self, timeout_s=20):
         if self.wlan.isconnected():
@@ -178,11 +189,6 @@ class Esp32Board:
         self.wlan.connect(self.wifi["ssid"], self.wifi.get("password"))
         for _ in range(timeout_s * 10):
             if self.wlan.isconnected():
-                try:
-                    import ntptime
-                    ntptime.settime()
-                except Exception:
-                    pass
                 return
             await asyncio.sleep_ms(100)
         raise OSError("Wi-Fi: could not join %s" % self.wifi.get("ssid"))
@@ -204,8 +210,10 @@ class Esp32Board:
         ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
-    async def open_connection(self, host, port, tls):
-        return await asyncio.open_connection(host, port, ssl=self.ssl_context(None) if tls else None)
+    async def open_connection(self, host, port, tls, timeout_s=10):
+        import netio  # from the app slot
+
+        return await netio.open_connection(host, port, self.ssl_context(None) if tls else None, timeout_s)
 
     def metrics_address(self, port):
         return ("0.0.0.0", port)

@@ -11,6 +11,9 @@ A slot staged by an update boots *pending*. The app confirms it after its
 self-test. A pending slot that boots a second time without having been
 confirmed (it crashed, hung, or lost power before its self-test passed) is
 abandoned and the previous slot boots instead.
+
+Files are replaced with ``fs.rename``, which replaces the target atomically
+on littlefs and POSIX alike (the board layers must not delete first).
 """
 
 import json
@@ -40,7 +43,7 @@ def load(fs):
         if state.get("active") not in SLOTS:
             return default_state()
         return state
-    except ValueError:
+    except (OSError, ValueError):
         return default_state()
 
 
@@ -66,12 +69,17 @@ def rollback(state, detail):
     return state
 
 
-def select(fs):
-    """Called once per boot, before the app is imported: returns the state."""
+def select(fs, crash=None):
+    """Called once per boot, before the app is imported: returns the state.
+    *crash* is the last recorded crash, if any: the reason a pending slot
+    was not confirmed."""
     state = load(fs)
     if state["pending"]:
         if state["attempts"] >= 1:
-            rollback(state, "slot %s was not confirmed after boot" % state["active"])
+            detail = "slot %s was not confirmed after boot" % state["active"]
+            if crash:
+                detail += "; it crashed: %s" % crash
+            rollback(state, detail)
         else:
             state["attempts"] += 1
         save(fs, state)

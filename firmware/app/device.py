@@ -1,12 +1,14 @@
 """The device application: identity, config, MQTT session, sampling,
-telemetry with an offline buffer, commands. Hardware comes from the board
-layer passed in (``board_esp32`` on a device, ``firmware.sim`` on a host),
-so this file runs unchanged in both.
+telemetry with an offline buffer, commands, time, watchdog. Hardware comes
+from the board layer passed in (``board_esp32`` on a device, ``firmware.sim``
+on a host, a unix-port board in the tests), so this file runs unchanged in
+all of them.
 
 Files on the device's filesystem (the board's ``fs``):
   device.json   identity and broker settings written at flash time
-  config.json   the applied config (replaced atomically)
+  config.json   the last applied ``cfg`` message (replaced atomically)
   buf/          the offline buffer
+  crash.json    the last crash, reported on ``announce`` at the next boot
 """
 
 import asyncio
@@ -14,17 +16,22 @@ import json
 
 import backoff
 import bootsel
-import config
+import contract
+import devconfig
 import ds18b20
 import identity
 import metrics
 import mqtt
 import ota
 import pzem
+import sntp
+import supervisor
 import telemetry
 from buffer import OfflineBuffer
 
-FW_VERSION = "0.1.0"
+FW_VERSION = "0.2.0"
+INBOX_LIMIT = 8  # commands and configs waiting to be handled; more ends the session unacknowledged
+SENSOR_READ_DEADLINE_S = 30  # a sensor read that takes longer means a wedged bus: stop feeding the watchdog
 
 
 def load_json(fs, path, default=None):
@@ -47,22 +54,37 @@ class Device:
         if settings.get("id") not in (None, self.id):
             raise RuntimeError("device.json is for %s but this board is %s" % (settings["id"], self.id))
         self.site = settings["site"]
-        self.base = "site/%s/%s/%s/" % (self.site, self.kind, self.id)
-        applied = load_json(self.fs, "config.json")
-        # the config written at flash time, then the last one applied over MQTT
-        self.config = config.initial(settings.get("config") or {})
-        if applied:
+        self.base = contract.base_topic(self.site, self.id)
+        board.set_hostname(self.id)  # <id>.local
+        self.problems = []
+        try:
+            self.base_config = devconfig.initial(settings.get("config") or {})
+        except devconfig.ConfigError as e:
+            self.problems.append("flash-time config refused: %s" % e)
+            self.base_config = dict(devconfig.DEFAULTS)
+        # the applied config: defaults + flash-time config + the last cfg message, never the one before
+        self.config = self.base_config
+        stored = None
+        try:
+            stored = load_json(self.fs, "config.json")
+        except (OSError, ValueError):
+            pass  # unreadable: the broker's retained cfg follows on connect
+        if stored:
             try:
-                self.config = config.validate(applied, self.config)
-            except config.ConfigError:
-                pass  # a corrupt file: keep the defaults, the broker's retained cfg follows
+                self.config = devconfig.validate(stored, self.base_config)
+            except devconfig.ConfigError as e:
+                self.problems.append("stored config refused: %s" % e)
         self.buffer = OfflineBuffer(self.fs, "buf", self.config["buffer_capacity"])
         self.boot = bootsel.load(self.fs)  # the boot loader has already run bootsel.select()
+        ota.discard_incoming(self.fs)  # what a power cut during a download left behind
         self.fw = ota.slot_version(self.fs, self.boot["active"]) or FW_VERSION
+        self.crash = supervisor.load_crash(self.fs)
         self.selftest_timeout_s = settings.get("selftest_timeout_s", 60)
+        self.watchdog_s = settings.get("watchdog_s", 120)
         self.confirmed_event = asyncio.Event()
-        self.backoff = backoff.Backoff(settings.get("backoff_base_s", 1.0), settings.get("backoff_cap_s", 60.0),
-                                       rand=getattr(board, "random", None))
+        self.backoff = backoff.Backoff(settings.get("backoff_base_s", backoff.BASE_S),
+                                       settings.get("backoff_cap_s", backoff.CAP_S),
+                                       rand=board.random, spread_s=settings.get("reconnect_spread_s", backoff.SPREAD_S))
         self.meters = pzem.Pzem(board.modbus)
         self.aggregator = telemetry.Aggregator()
         self.client = None
@@ -74,23 +96,38 @@ class Device:
         self.seq = 0  # telemetry sequence number since boot: consumers detect gaps and duplicates
         self.last = None  # the last telemetry message, for /metrics
         self.sensor_errors = 0
+        self.sensors_seen = []  # DS18B20 ROM codes found on the bus
+        self.sampling_since = None  # when the sensor read in progress started
+        self.alive_at = board.time()
         self.metrics_server = None
 
     # --- helpers -----------------------------------------------------------
     def topic(self, channel):
         return self.base + channel
 
+    def timestamp(self):
+        """Wall-clock time for telemetry, or None while the clock is not set
+        (an ESP32 starts in the year 2000 until NTP answers)."""
+        return self.board.time() if self.board.time_synced() else None
+
     def status_payload(self, online=True):
         return {
             "online": online, "fw": self.fw, "cfg_version": self.config["version"],
             "uptime_s": self.board.uptime_s(), "rssi": self.board.wifi_rssi(), "free_heap": self.board.free_heap(),
-            "buffered": len(self.buffer), "buffer_dropped": self.buffer.dropped,
+            "buffered": len(self.buffer), "buffer_dropped": self.buffer.dropped, "time_synced": self.board.time_synced(),
         }
 
     def announce_payload(self):
-        return {"id": self.id, "kind": self.kind, "mac": ":".join("%02x" % b for b in self.board.mac()),
-                "chip": self.board.chip(), "fw": self.fw, "ip": self.board.ip(),
-                "metrics": "http://%s:%d/metrics" % (self.board.ip(), self.config["metrics_port"])}
+        ip = self.board.ip()
+        out = {"id": self.id, "kind": self.kind, "mac": ":".join("%02x" % b for b in self.board.mac()),
+               "chip": self.board.chip(), "fw": self.fw, "ip": ip, "hostname": self.id + ".local",
+               "metrics": "http://%s:%d/metrics" % (ip, self.config["metrics_port"]),
+               "reset_cause": self.board.reset_cause(), "sensors": self.sensors_seen}
+        if self.crash:
+            out["crash"] = self.crash
+        if self.problems:
+            out["problems"] = self.problems
+        return out
 
     async def publish_json(self, channel, value, qos=1, retain=False):
         payload = json.dumps(value).encode()
@@ -99,6 +136,8 @@ class Device:
 
     # --- MQTT session --------------------------------------------------------
     def _on_message(self, topic, payload, retain):
+        if len(self.inbox) >= INBOX_LIMIT:
+            raise RuntimeError("inbox full")  # not acknowledged: the session ends
         self.inbox.append((topic, payload))
         self.inbox_event.set()
 
@@ -109,16 +148,43 @@ class Device:
         client = mqtt.Client(self.id, broker["host"], broker.get("port", 1883), user=self.id,
                              password=self.settings["password"], keepalive=broker.get("keepalive", 60), will=will,
                              ssl=self.board.ssl_context(broker) if broker.get("tls") else None,
-                             on_message=self._on_message, timeout_s=broker.get("timeout_s", 10))
-        await client.connect()
+                             on_message=self._on_message, timeout_s=broker.get("timeout_s", 10),
+                             max_packet_size=broker.get("max_packet_size", mqtt.MAX_PACKET_SIZE))
         self.client = client
+        await client.connect()
         self.connects += 1
-        await self.publish_json("status", self.status_payload(), retain=True)
-        await self.publish_json("announce", self.announce_payload(), retain=True)
-        # the retained desired config arrives right after this subscription
-        await client.subscribe(self.topic("cfg"), 1)
+        # subscribe first: a retained status online=true then means that
+        # this device takes cfg and cmd (the retained cfg arrives now)
         await client.subscribe(self.topic("cmd"), 1)
+        await client.subscribe(self.topic("cfg"), 1)
+        await self.publish_json("announce", self.announce_payload(), retain=True)
+        if self.crash is not None:
+            supervisor.clear_crash(self.fs)  # reported (and kept in this boot's announce)
+        await self.publish_json("status", self.status_payload(), retain=True)
         await self.self_test_passed()
+
+    async def connection_loop(self):
+        while True:
+            try:
+                await self._connect_once()
+            except Exception as e:
+                if self.client is not None:  # connected, then failed to set up: drop the half session
+                    self.client.abort()
+                self.client = None
+                delay = self.backoff.next_delay()
+                self.board.log("connect failed (%r); retry in %.1fs" % (e, delay))
+                await self.board.sleep(delay)
+                continue
+            self.backoff.reset()
+            self.wake_flush.set()
+            reason = await self.client.wait_closed()
+            # everybody lost the broker at once (a restart): come back spread out
+            delay = self.backoff.after_loss()
+            self.board.log("connection lost (%s); reconnect in %.1fs" % (reason, delay))
+            await self.board.sleep(delay)
+
+    def online(self):
+        return self.client is not None and self.client.connected
 
     # --- OTA: self-test, confirm, report --------------------------------------------
     def update_pending(self):
@@ -130,7 +196,7 @@ class Device:
     async def self_test_passed(self):
         """Broker reachable (we are connected) and config valid: confirm a
         pending update, then report the outcome of the last update once."""
-        config.validate(dict(self.config, version=max(1, self.config["version"])), self.config)
+        devconfig.validate(dict(self.config, version=max(1, self.config["version"])), self.base_config)
         last = self.boot.get("last")
         if last and last.get("result") == "pending":
             if last.get("payload") == "firmware":
@@ -146,8 +212,8 @@ class Device:
                 last = self.boot["last"]
         self.confirmed_event.set()
         if last and not last.get("reported") and last.get("result") in ("confirmed", "rolled_back"):
-            await self.publish_json("ota", {"id": last.get("id"), "state": last["result"], "version": last.get("version"),
-                                            "detail": last.get("detail")})
+            await self.publish_json("ota", contract.ota_report(last.get("id"), last["result"], last.get("version"),
+                                                                last.get("detail")))
             last["reported"] = True
             bootsel.save(self.fs, self.boot)
 
@@ -167,28 +233,6 @@ class Device:
                 bootsel.save(self.fs, bootsel.rollback(self.boot, detail))
             self.board.reset()
 
-    async def connection_loop(self):
-        while True:
-            try:
-                await self._connect_once()
-            except Exception as e:
-                if self.client is not None:  # connected, then failed to set up: drop the half session
-                    self.client.abort()
-                self.client = None
-                delay = self.backoff.next_delay()
-                self.board.log("connect failed (%r); retry in %.1fs" % (e, delay))
-                await self.board.sleep(delay)
-                continue
-            self.backoff.reset()
-            self.wake_flush.set()
-            reason = await self.client.wait_closed()
-            delay = self.backoff.next_delay()
-            self.board.log("connection lost (%s); reconnect in %.1fs" % (reason, delay))
-            await self.board.sleep(delay)
-
-    def online(self):
-        return self.client is not None and self.client.connected
-
     # --- incoming ------------------------------------------------------------
     async def inbox_loop(self):
         while True:
@@ -205,37 +249,84 @@ class Device:
                     self.board.log("handling %s failed: %r" % (topic, e))
 
     async def handle_cfg(self, payload):
+        """Apply a whole desired config (over defaults + flash-time config) and acknowledge it."""
         try:
             candidate = json.loads(payload)
         except ValueError:
-            await self.publish_json("cfg/ack", config.ack(None, "rejected", "config is not valid JSON"))
+            await self.publish_json("cfg/ack", devconfig.ack(None, "rejected", "config is not valid JSON"))
             return
         try:
-            new = config.validate(candidate, self.config)
-        except config.ConfigError as e:
-            await self.publish_json("cfg/ack", config.ack(config.candidate_version(candidate), "rejected", str(e)))
+            new = devconfig.validate(candidate, self.base_config, self.config["version"])
+        except devconfig.ConfigError as e:
+            await self.publish_json("cfg/ack", devconfig.ack(devconfig.candidate_version(candidate), "rejected",
+                                                              str(e)))
             return
         if new != self.config:
-            bootsel.write_json(self.fs, "config.json", new)  # atomic
+            bootsel.write_json(self.fs, "config.json", candidate)  # atomic
             self.config = new
             self.buffer.capacity = new["buffer_capacity"]
-        await self.publish_json("cfg/ack", config.ack(new["version"], "applied"))
+        await self.publish_json("cfg/ack", devconfig.ack(new["version"], "applied"))
         await self.publish_json("status", self.status_payload(), retain=True)
 
+    async def answer(self, cmd_id, name, result, detail=None):
+        await self.publish_json("cmd/ack", contract.cmd_ack(cmd_id, name, result, detail))
+
     async def handle_cmd(self, payload):
+        """Every command gets an answer: ``ota`` on the ota channel, the
+        others (and anything malformed) on cmd/ack."""
         try:
             cmd = json.loads(payload)
         except ValueError:
+            await self.answer(None, None, "rejected", "command is not valid JSON")
             return
-        if not isinstance(cmd, dict):
+        try:
+            cmd_id, name = contract.check_command(cmd)
+        except contract.ContractError as e:
+            await self.answer(contract.command_id_of(cmd), cmd.get("cmd") if isinstance(cmd, dict) else None,
+                              "rejected", str(e))
             return
-        if cmd.get("cmd") == "reboot":
-            await self.client.disconnect()
-            self.board.reset()
-        elif cmd.get("cmd") == "ota":
+        if name == "ota":
             await ota.run(self, cmd)
+            return
+        # reboot
+        try:
+            await self.answer(cmd_id, name, "accepted")
+            await self.client.disconnect()
+        finally:
+            self.board.reset()
 
     # --- sampling and telemetry ---------------------------------------------------
+    async def read_temperatures(self):
+        """Zone temperatures: by ROM code when the config maps sensors to
+        zones (a missing sensor leaves only its own zone empty), otherwise
+        in ROM order."""
+        zones = self.config["temperature_zones"]
+        if not zones:
+            return []
+        found = {}
+        for rom, pad in await self.board.ds18b20_read():
+            try:
+                found[ds18b20.check_rom(rom).hex()] = pad
+            except ds18b20.SensorError as e:
+                self.board.log(str(e))
+        self.sensors_seen = sorted(found)
+        mapping = self.config["temperature_sensors"]
+        if not mapping:
+            mapping = {rom: i for i, rom in enumerate(self.sensors_seen[:zones])}
+        temps = [None] * zones
+        for rom, zone in mapping.items():
+            pad = found.get(rom)
+            if pad is None:
+                self.board.log("DS18B20 %s (zone %d) did not answer" % (rom, zone))
+                self.sensor_errors += 1
+                continue
+            try:
+                temps[zone] = ds18b20.temperature(pad)
+            except ds18b20.SensorError as e:
+                self.board.log(str(e))
+                self.sensor_errors += 1
+        return temps
+
     async def read_sensors(self):
         meters = []
         for address in self.config["pzem_addresses"]:
@@ -244,16 +335,7 @@ class Device:
             except pzem.PzemError as e:
                 self.board.log(str(e))
                 meters.append(None)
-        temps = []
-        if self.config["temperature_zones"]:
-            pads = await self.board.ds18b20_read()
-            for rom, pad in pads[:self.config["temperature_zones"]]:
-                try:
-                    temps.append(ds18b20.temperature(pad))
-                except ds18b20.SensorError as e:
-                    self.board.log(str(e))
-                    temps.append(None)
-        return meters, temps
+        return meters, await self.read_temperatures()
 
     async def tick(self, due, interval):
         """Sleep until *due* + *interval*: a fixed cadence, so time spent
@@ -276,15 +358,18 @@ class Device:
     async def sample_loop(self):
         due = self.phase(self.config["sample_interval_s"])
         while True:
+            self.sampling_since = self.board.time()
             meters, temps = await self.read_sensors()
+            self.sampling_since = None
             self.aggregator.add(meters, temps)
+            self.alive_at = self.board.time()
             due = await self.tick(due, self.config["sample_interval_s"])
 
     async def publish_loop(self):
         due = self.phase(self.config["publish_interval_s"])
         while True:
             due = await self.tick(due, self.config["publish_interval_s"])
-            msg = self.aggregator.payload(self.id, self.board.time(), self.board.operational_state(),
+            msg = self.aggregator.payload(self.id, self.timestamp(), self.board.operational_state(),
                                           self.board.wifi_rssi(), self.board.uptime_s(),
                                           self.config["setpoint_c"])
             self.sensor_errors += self.aggregator.errors
@@ -321,6 +406,38 @@ class Device:
                 self.buffer.remove(seq)
                 self.published += 1
 
+    # --- time and watchdog --------------------------------------------------------
+    async def time_loop(self):
+        """Set the clock from the site's NTP server (the controller by default)."""
+        while True:
+            server = self.config["ntp_server"] or self.settings["broker"]["host"]
+            try:
+                self.board.set_time(await sntp.query(server))
+                wait = 3600
+            except Exception as e:  # SntpError, OSError: keep going on the clock we have
+                self.board.log("time: %s" % e)
+                wait = 600 if self.board.time_synced() else 30
+            await self.board.sleep(wait)
+
+    def making_progress(self):
+        """The loops that must never stall are moving: no sensor read hangs
+        and the sampling cadence is kept."""
+        now = self.board.time()
+        if self.sampling_since is not None and now - self.sampling_since > SENSOR_READ_DEADLINE_S:
+            return False
+        return now - self.alive_at <= 2 * self.config["sample_interval_s"] + SENSOR_READ_DEADLINE_S
+
+    async def watchdog_loop(self):
+        """The hardware watchdog resets the board unless this loop feeds it,
+        which it does only while the event loop runs and the app makes progress."""
+        if not self.watchdog_s:
+            return
+        self.board.watchdog_start(self.watchdog_s)
+        while True:
+            if self.making_progress():
+                self.board.watchdog_feed()
+            await self.board.sleep(self.watchdog_s / 8)
+
     # --- /metrics -----------------------------------------------------------------
     def metrics_text(self):
         info = (("device_id", self.id), ("kind", self.kind), ("fw", self.fw))
@@ -341,6 +458,7 @@ class Device:
              [((), self.buffer.dropped)]),
             ("edgefleet_config_version", "gauge", "Applied config version.", [((), self.config["version"])]),
             ("edgefleet_sensor_errors_total", "counter", "Failed sensor reads.", [((), self.sensor_errors)]),
+            ("edgefleet_time_synced", "gauge", "1 once the clock was set from NTP.", [((), self.board.time_synced())]),
             ("edgefleet_voltage_volts", "gauge", "Mean phase voltage of the last interval.",
              [((("phase", p),), v) for p, v in sorted(elec.get("voltage", {}).items())]),
             ("edgefleet_current_amperes", "gauge", "Mean phase current of the last interval.",
@@ -360,7 +478,7 @@ class Device:
         await self.start_metrics()
         tasks = [asyncio.create_task(c) for c in (
             self.connection_loop(), self.inbox_loop(), self.sample_loop(), self.publish_loop(), self.flush_loop(),
-            self.self_test_watchdog())]
+            self.self_test_watchdog(), self.time_loop(), self.watchdog_loop())]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -368,3 +486,6 @@ class Device:
             # the simulator, an error): stop them all together
             for task in tasks:
                 task.cancel()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+                self.metrics_server = None

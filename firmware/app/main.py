@@ -1,18 +1,22 @@
-"""Boot: choose the app slot (bootsel), then run the app from it.
-main.py, bootsel.py and board_esp32.py live at the filesystem root and are
-not replaced by an app bundle update."""
+"""Boot script (/main.py, run by MicroPython after boot.py). The supervisor
+chooses the app slot (bootsel), runs the app from it, and resets the board
+on any error after recording it; main.py, supervisor, bootsel, boardkit
+and board_esp32 live at the filesystem root and are not replaced by an app
+bundle update."""
 
-import sys
+try:
+    import supervisor
+    from board_esp32 import Esp32Board
 
-import bootsel
-from board_esp32 import Esp32Board
+    supervisor.run(Esp32Board)
+except KeyboardInterrupt:  # Ctrl-C on the serial console: stay at the REPL
+    raise
+except BaseException as e:  # last resort: the supervisor or the board layer itself failed
+    import sys
+    import time
 
-board = Esp32Board()
-state = bootsel.select(board.fs)
-sys.path.insert(0, "/" + bootsel.slot_dir(state["active"]))
+    import machine
 
-import asyncio  # noqa: E402
-
-import device  # noqa: E402  (from the active slot)
-
-asyncio.run(device.Device(board).run())
+    sys.print_exception(e)
+    time.sleep(5)
+    machine.reset()

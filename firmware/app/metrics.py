@@ -1,7 +1,8 @@
 """``/metrics`` in the Prometheus text format (version 0.0.4).
 
 ``render(values)`` is pure (runs anywhere); ``serve(...)`` is a minimal
-HTTP/1.0 server on asyncio that answers GET /metrics and 404 otherwise.
+HTTP/1.0 server on asyncio that answers GET /metrics and 404 otherwise,
+with a read deadline and a limit on concurrent clients.
 """
 
 
@@ -31,28 +32,84 @@ def render(metrics):
     return "\n".join(out) + "\n"
 
 
-async def _handle(reader, writer, body_fn):
-    try:
-        request = await reader.readline()
-        while True:  # skip the headers
-            line = await reader.readline()
+MAX_CLIENTS = 2  # an ESP32 has about 10 sockets; scrapers beyond this are turned away at once
+READ_TIMEOUT_S = 5
+MAX_REQUEST_LINES = 32
+MAX_LINE = 1024
+
+
+class Server:
+    """A minimal HTTP/1.0 server for ``GET /metrics``: each request has a
+    read deadline and at most MAX_CLIENTS are served at once, so a slow or
+    hostile client can neither hold sockets nor wedge the device."""
+
+    def __init__(self, body_fn, max_clients=MAX_CLIENTS, timeout_s=READ_TIMEOUT_S):
+        self.body_fn = body_fn
+        self.max_clients = max_clients
+        self.timeout_s = timeout_s
+        self.active = 0
+        self.served = 0
+        self.refused = 0
+        self._server = None
+
+    async def _request_line(self, reader):
+        import asyncio
+
+        request = None
+        for _ in range(MAX_REQUEST_LINES):
+            line = await asyncio.wait_for(reader.readline(), self.timeout_s)
+            if len(line) > MAX_LINE:
+                return None
+            if request is None:
+                request = line
             if not line or line in (b"\r\n", b"\n"):
-                break
-        parts = request.decode().split()
-        if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
-            body = body_fn().encode()
-            head = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: %d\r\n\r\n" % len(body)
-        else:
-            body = b"not found\n"
-            head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
-        writer.write(head.encode() + body)
-        await writer.drain()
-    finally:
-        writer.close()
+                return request
+        return None
+
+    async def handle(self, reader, writer):
+        import netio
+
+        if self.active >= self.max_clients:
+            self.refused += 1
+            netio.close_now(writer)
+            return
+        self.active += 1
+        try:
+            request = await self._request_line(reader)
+            parts = request.decode().split() if request else []
+            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
+                body = self.body_fn().encode()
+                head = ("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                        "Content-Length: %d\r\n\r\n" % len(body))
+            else:
+                body = b"not found\n"
+                head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
+            writer.write(head.encode())
+            writer.write(body)
+            import asyncio
+
+            await asyncio.wait_for(writer.drain(), self.timeout_s)
+            self.served += 1
+            await netio.close(writer, self.timeout_s)
+        except BaseException as e:  # timeout, reset, garbage, cancellation: drop the connection
+            netio.close_now(writer)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            self.active -= 1
+
+    async def start(self, host, port):
+        import asyncio
+
+        self._server = await asyncio.start_server(self.handle, host, port)
+        return self
+
+    def close(self):
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
 
 async def serve(host, port, body_fn):
-    """Start the server; returns the asyncio server object."""
-    import asyncio
-
-    return await asyncio.start_server(lambda r, w: _handle(r, w, body_fn), host, port)
+    """Start the server; returns it (``close()`` stops it)."""
+    return await Server(body_fn).start(host, port)

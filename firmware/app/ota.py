@@ -18,10 +18,11 @@ import hashlib
 import json
 
 import bootsel
+import contract
 import httpget
 
 CHUNK = 4096
-STATES = ("downloading", "verifying", "rebooting", "confirmed", "failed", "rolled_back")
+INCOMING = "ota_incoming.bin"
 
 
 class OtaError(Exception):
@@ -39,21 +40,6 @@ def pack_bundle(version, files):
         {"name": n, "size": len(files[n]), "sha256": _hex(hashlib.sha256(files[n]).digest())} for n in names]}
     head = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode() + b"\n"
     return head + b"".join(files[n] for n in names)
-
-
-def check_command(cmd):
-    """Validate an ota command; returns (payload, version, url, size, sha256)."""
-    for key in ("id", "payload", "version", "url", "size", "sha256"):
-        if key not in cmd:
-            raise OtaError("ota command without %s" % key)
-    if cmd["payload"] not in ("app", "firmware"):
-        raise OtaError("unknown ota payload %r (app or firmware)" % (cmd["payload"],))
-    size, digest = cmd["size"], str(cmd["sha256"]).lower()
-    if not isinstance(size, int) or size <= 0:
-        raise OtaError("ota size must be a positive integer, got %r" % (size,))
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise OtaError("ota sha256 must be 64 hex digits")
-    return cmd["payload"], str(cmd["version"]), cmd["url"], size, digest
 
 
 async def download(url, connect, size, sha256, sink, timeout_s=30):
@@ -77,8 +63,9 @@ async def download(url, connect, size, sha256, sink, timeout_s=30):
         response.close()
     if got != size:
         raise OtaError("downloaded %d of %d bytes" % (got, size))
-    if _hex(h.digest()) != sha256:
-        raise OtaError("sha256 mismatch: got %s" % _hex(h.digest()))
+    digest = _hex(h.digest())  # once: MicroPython's hash objects allow a single digest()
+    if digest != sha256:
+        raise OtaError("sha256 mismatch: got %s, expected %s" % (digest, sha256))
 
 
 class FileSink:
@@ -118,8 +105,9 @@ def unpack_bundle(fs, path, slot):
             if "/" in name or name.startswith("."):
                 raise OtaError("bundle file name %r not allowed" % (name,))
             data = f.read(entry["size"])
-            if len(data) != entry["size"] or _hex(hashlib.sha256(data).digest()) != entry["sha256"]:
-                raise OtaError("bundle file %s is damaged" % name)
+            digest = _hex(hashlib.sha256(data).digest())
+            if len(data) != entry["size"] or digest != entry["sha256"]:
+                raise OtaError("bundle file %s is damaged (sha256 %s)" % (name, digest))
             with fs.open(target + "/" + name, "wb") as out:
                 out.write(data)
     # the manifest is written last: a slot without one is incomplete
@@ -136,53 +124,80 @@ def slot_version(fs, slot):
         return json.loads(f.read()).get("version")
 
 
-async def run(device, cmd):
-    """Carry out an ota command; reports each step. Ends in a reset on success."""
+def discard_incoming(fs):
+    """Free the flash a partial download holds (after a failure or a power cut)."""
+    try:
+        if fs.exists(INCOMING):
+            fs.remove(INCOMING)
+    except OSError:
+        pass
+
+
+async def _install(device, cmd, report):
+    """Download, verify and commit; returns once the next boot runs the update."""
     board, fs = device.board, device.fs
-    cmd_id = cmd.get("id")
-    version = cmd.get("version")
+    payload, version, url, size, sha256, timeout_s = contract.check_ota_command(cmd)
+    await report("downloading")
+    if payload == "app":
+        slot = bootsel.other(bootsel.load(fs)["active"])
+        sink = FileSink(fs, INCOMING)
+        try:
+            await download(url, board.open_connection, size, sha256, sink, timeout_s)
+        finally:
+            sink.close()
+        await report("verifying")
+        unpack_bundle(fs, INCOMING, slot)
+        fs.remove(INCOMING)
+        # the commit point: the next boot runs the new slot, pending its self-test
+        bootsel.stage(fs, slot, {"id": cmd["id"], "version": version, "payload": "app"})
+        return
+    writer = board.firmware_writer(size)
+    try:
+        await download(url, board.open_connection, size, sha256, writer, timeout_s)
+        await report("verifying")
+        if writer.readback_sha256() != sha256:
+            raise OtaError("the written partition does not read back as downloaded")
+    except BaseException:
+        writer.abort()
+        raise
+    target = writer.finish()  # sets the boot partition; the image boots pending verification
+    state = bootsel.load(fs)
+    state["last"] = {"id": cmd["id"], "version": version, "payload": "firmware", "target": target,
+                     "result": "pending", "reported": False}
+    bootsel.save(fs, state)
+
+
+async def run(device, cmd):
+    """Carry out an ota command, reporting each step on ``ota``. A failure
+    is reported as ``failed`` with its reason (running out of memory
+    included) and changes nothing; once the update is committed the board
+    always resets, even when the report cannot be sent."""
+    cmd_id, version = contract.command_id_of(cmd), cmd.get("version")
 
     async def report(state, detail=None):
-        await device.publish_json("ota", {"id": cmd_id, "state": state, "version": version, "detail": detail})
+        await device.publish_json("ota", contract.ota_report(cmd_id, state, version, detail))
 
     try:
-        payload, version, url, size, sha256 = check_command(cmd)
-        timeout_s = cmd.get("timeout_s", 30)
-        await report("downloading")
-        if payload == "app":
-            state = bootsel.load(fs)
-            slot = bootsel.other(state["active"])
-            incoming = "ota_incoming.bin"
-            sink = FileSink(fs, incoming)
-            try:
-                await download(url, board.open_connection, size, sha256, sink, timeout_s)
-            finally:
-                sink.close()
-            await report("verifying")
-            unpack_bundle(fs, incoming, slot)
-            fs.remove(incoming)
-            record = {"id": cmd_id, "version": version, "payload": "app"}
-            bootsel.stage(fs, slot, record)  # the commit point: the next boot runs the new slot
-            await report("rebooting")
+        await _install(device, cmd, report)
+    except Exception as e:  # OtaError, HttpError, ContractError, OSError, MemoryError, a lost session ...
+        discard_incoming(device.fs)
+        if isinstance(e, MemoryError):
+            import gc
+
+            gc.collect()
+            detail = "out of memory during the update"
         else:
-            writer = board.firmware_writer(size)
-            try:
-                await download(url, board.open_connection, size, sha256, writer, timeout_s)
-                await report("verifying")
-                if writer.readback_sha256() != sha256:
-                    raise OtaError("the written partition does not read back as downloaded")
-            except Exception:
-                writer.abort()
-                raise
-            target = writer.finish()  # sets the boot partition; the image boots pending verification
-            state = bootsel.load(fs)
-            state["last"] = {"id": cmd_id, "version": version, "payload": "firmware", "target": target,
-                             "result": "pending", "reported": False}
-            bootsel.save(fs, state)
-            await report("rebooting")
-    except (OtaError, httpget.HttpError, OSError, ValueError) as e:
-        await report("failed", str(e))
+            detail = str(e) or type(e).__name__
+        try:
+            await report("failed", detail)
+        except Exception as e2:
+            device.board.log("ota: could not report the failure: %r" % (e2,))
         return False
-    await device.client.disconnect()
-    board.reset()
+    try:
+        await report("rebooting")
+        await device.client.disconnect()
+    except Exception as e:
+        device.board.log("ota: committed, but the report failed (%r); resetting anyway" % (e,))
+    finally:
+        device.board.reset()
     return True

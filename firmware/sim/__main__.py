@@ -65,7 +65,7 @@ def main(argv=None):
         with open(pw_file) as f:
             password = f.read().strip()
         root = fleet.provision(args.state_dir, device_id, kind, mac, site, broker, password, ca,
-                               fleet.kind_config(kind))
+                               fleet.kind_config(kind, mac))
         d = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=args.time_scale)
         d.board.faults.malformed = args.fault_malformed
         devices.append(d)

@@ -19,6 +19,12 @@ from .signals import Signals
 log = logging.getLogger("edgefleet.sim")
 
 
+def sensor_rom(mac, zone):
+    """The ROM code of the simulated DS18B20 in *zone* of the board with *mac*."""
+    rom = bytes((0x28, 0xFF, zone, 0x1D, mac[4], mac[5], 0x04))
+    return rom + bytes((ds18b20.crc8(rom),))
+
+
 class Reboot(BaseException):
     """Raised by reset(): the fleet runner boots the device again, like
     machine.reset(). A BaseException so that the app's error handling, which
@@ -61,7 +67,7 @@ class ModbusBus:
         self.board = board
 
     async def transact(self, request, response_length, timeout_ms):
-        await asyncio.sleep(0)
+        await self.board._hang_if_wedged()
         request = bytes(request)
         if len(request) != 8 or pzem.crc16(request) != 0:
             return b""
@@ -88,6 +94,10 @@ class Faults:
         self.ota_corrupt = False  # flip a byte of every download: the sha256 check must catch it
         self.ota_hang = False  # downloads stall after the headers
         self.selftest_fail = False  # a freshly updated app/image cannot reach the network
+        self.crash_pending = False  # a freshly updated app crashes at start, before its self-test
+        self.sensors_hang = False  # sensor reads never return (a wedged bus): only the watchdog helps
+        self.dead_zones = ()  # DS18B20 zones whose sensor does not answer
+        self.clock_unset = False  # the RTC starts at 2000-01-01 until NTP sets it
 
 
 class _FaultyReader:
@@ -198,23 +208,43 @@ class HostBoard:
         self.time_scale = time_scale
         self._clock = clock
         self._boot = clock()
+        self._wall_offset = 0.0  # set by NTP (set_time)
+        self._synced = False
+        self.faults = Faults()
         self.signals = Signals(kind, self.rng.getrandbits(32), start_time=self.time())
         self.modbus = ModbusBus(self)
-        self.faults = Faults()
         self.rssi_base = -45 - self.rng.randrange(0, 35)
         self.ip_address = "10.99.%d.%d" % (self._mac[4], self._mac[5])
         self.resets = 0
         self.logs = []
         self.metrics_port = None  # a 127.0.0.1 port for /metrics, or None for none
         self.firmware = SimFirmware(root.rstrip("/") + ".partitions")
+        self.hostname = None
+        self.last_reset = "power_on"
+        self.wdt_timeout = None  # the simulated hardware watchdog (the fleet runner enforces it)
+        self.wdt_fed = None
 
     # time
+    def _elapsed(self):
+        """Device seconds since this board object was created (time_scale applied)."""
+        return (self._clock() - self._boot) / self.time_scale
+
     def time(self):
-        """Seconds since the epoch, sped up by time_scale since boot."""
-        return self._boot + (self._clock() - self._boot) / self.time_scale
+        """Seconds since the epoch, sped up by time_scale since boot. With
+        the clock_unset fault the clock starts at 2000-01-01 until set_time()."""
+        if self.faults.clock_unset and not self._synced:
+            return 946684800.0 + self._elapsed()
+        return self._boot + self._elapsed() + self._wall_offset
+
+    def time_synced(self):
+        return self._synced or not self.faults.clock_unset
+
+    def set_time(self, epoch):
+        self._wall_offset = epoch - self._boot - self._elapsed()
+        self._synced = True
 
     def uptime_s(self):
-        return int(self.time() - self._boot)
+        return int(self._elapsed())
 
     async def sleep(self, seconds):
         await asyncio.sleep(seconds * self.time_scale)
@@ -241,6 +271,22 @@ class HostBoard:
         self.resets += 1
         raise Reboot()
 
+    def reset_cause(self):
+        return self.last_reset
+
+    def set_hostname(self, name):
+        self.hostname = name
+
+    def watchdog_start(self, timeout_s):
+        self.wdt_timeout = timeout_s
+        self.wdt_fed = self.time()
+
+    def watchdog_feed(self):
+        self.wdt_fed = self.time()
+
+    def watchdog_expired(self):
+        return self.wdt_timeout is not None and self.time() - self.wdt_fed > self.wdt_timeout
+
     # network
     def offline(self):
         return self._clock() < self.faults.offline_until
@@ -255,8 +301,10 @@ class HostBoard:
         if self.faults.selftest_fail and self.update_pending():
             raise OSError("Wi-Fi: the updated firmware cannot join the network (injected self-test failure)")
 
-    async def open_connection(self, host, port, tls):
-        reader, writer = await asyncio.open_connection(host, port, ssl=self.ssl_context(None) if tls else None)
+    async def open_connection(self, host, port, tls, timeout_s=10):
+        import netio
+
+        reader, writer = await netio.open_connection(host, port, self.ssl_context(None) if tls else None, timeout_s)
         if self.faults.ota_corrupt or self.faults.ota_hang:
             reader = _FaultyReader(reader, self.faults)
         return reader, writer
@@ -300,13 +348,19 @@ class HostBoard:
         self.signals.advance(self.time())
         return self.signals.state
 
-    async def ds18b20_read(self):
+    async def _hang_if_wedged(self):
+        if self.faults.sensors_hang:
+            await asyncio.Event().wait()  # never set: the bus never answers
         await asyncio.sleep(0)
+
+    async def ds18b20_read(self):
+        await self._hang_if_wedged()
         self.signals.advance(self.time())
         out = []
         for zone in range(self.signals.zones):
+            if zone in self.faults.dead_zones:
+                continue
             raw = int(round(self.signals.temperature(zone) * 16)) & 0xFFFF
             pad = bytes((raw & 0xFF, raw >> 8, 0x4B, 0x46, 0x7F, 0xFF, 0x0C, 0x10))
-            rom = bytes((0x28, 0xFF, zone, 0x1D, self._mac[4], self._mac[5], 0x04))
-            out.append((rom + bytes((ds18b20.crc8(rom),)), pad + bytes((ds18b20.crc8(pad),))))
+            out.append((sensor_rom(self._mac, zone), pad + bytes((ds18b20.crc8(pad),))))
         return out

@@ -11,36 +11,42 @@ import subprocess
 import sys
 import time
 
-import bootsel
 import identity
+import supervisor
 from device import Device
 
-from .board import HostBoard, Reboot
+from .board import HostBoard, Reboot, sensor_rom
 
 log = logging.getLogger("edgefleet.sim")
 
 
-def provision(root, device_id, kind, mac, site, broker, password, ca_file=None, initial_config=None):
-    """Write what the flash station writes: device.json (+ the site CA)."""
+def provision(root, device_id, kind, mac, site, broker, password, ca_file=None, initial_config=None, settings=None):
+    """Write what the flash station writes: device.json (+ the site CA).
+    *settings* adds device.json keys (watchdog_s, reconnect_spread_s, ...)."""
     board_fs = os.path.join(root, device_id)
     os.makedirs(board_fs, exist_ok=True)
     broker = dict(broker)
     if ca_file:
         shutil.copyfile(ca_file, os.path.join(board_fs, "ca.crt"))
         broker["ca"] = "ca.crt"
-    settings = {"id": device_id, "kind": kind, "site": site, "broker": broker, "password": password}
+    device = dict(settings or {}, id=device_id, kind=kind, site=site, broker=broker, password=password)
     if initial_config:
-        settings["config"] = initial_config
+        device["config"] = initial_config
     with open(os.path.join(board_fs, "device.json"), "w") as f:
-        json.dump(settings, f)
+        json.dump(device, f)
     return board_fs
 
 
-def kind_config(kind):
-    """The flash-time config of each simulated kind (which sensors it has)."""
+def kind_config(kind, mac=None):
+    """The flash-time config of each simulated kind (which sensors it has).
+    With the board's *mac*, each DS18B20 is pinned to its zone by ROM code,
+    as a commissioned device is."""
     from .signals import DEFAULT_PROFILE, PROFILES
     phases, zones, _rated, setpoint = PROFILES.get(kind, DEFAULT_PROFILE)
     cfg = {"pzem_addresses": list(range(1, phases + 1)), "temperature_zones": zones}
+    if mac is not None and zones:
+        raw = identity.parse_mac(mac)
+        cfg["temperature_sensors"] = {sensor_rom(raw, z).hex(): z for z in range(zones)}
     if setpoint is not None:
         cfg["setpoint_c"] = setpoint
     return cfg
@@ -54,17 +60,49 @@ class SimDevice:
         self.boots = 0
 
     async def run(self):
+        """Boot, run, reset, forever: what the ESP-IDF bootloader, main.py
+        and the supervisor do on a board, with the same supervisor code."""
+        board = self.board
         while True:
             self.boots += 1
-            # what the ESP-IDF bootloader and main.py do at every boot
-            self.board.firmware.boot()
-            bootsel.select(self.board.fs)
-            self.device = Device(self.board)
+            board.firmware.boot()
+            state = supervisor.boot(board.fs)
+            board.wdt_timeout = None  # a reset stops the watchdog
             try:
-                await self.device.run()
+                self.device = Device(board)
+                if board.faults.crash_pending and board.update_pending():
+                    raise RuntimeError("injected crash: the new app fails at start")
+                board.last_reset = await self._run_app()
             except Reboot:
-                self._shutdown_device()
-                continue
+                board.last_reset = "soft"
+            except Exception as e:  # what supervisor.run() does on a board: record, then reset
+                board.log("crash: %s" % supervisor.describe(e))
+                supervisor.record_crash(board.fs, supervisor.describe(e), state["active"], board.uptime_s())
+                board.last_reset = "soft"
+            self._shutdown_device()
+
+    async def _run_app(self):
+        """Run the app until it resets; the simulated hardware watchdog
+        resets it when the app stops feeding it. Returns the reset cause."""
+        app = asyncio.create_task(self.device.run())
+        try:
+            while not app.done():
+                # a quarter of the watchdog's timeout between checks (device seconds)
+                period = (self.board.wdt_timeout or 60) / 4 * self.board.time_scale
+                await asyncio.wait({app}, timeout=max(0.005, period))
+                if self.board.watchdog_expired():
+                    self.board.log("watchdog: not fed for %ss, resetting" % self.board.wdt_timeout)
+                    app.cancel()
+                    try:
+                        await app
+                    except BaseException:
+                        pass
+                    return "watchdog"
+            app.result()  # raises Reboot or the app's exception
+        finally:
+            if not app.done():  # cancelled from outside (power_off)
+                app.cancel()
+        raise RuntimeError("the app returned")
 
     def _shutdown_device(self):
         d = self.device
@@ -91,6 +129,7 @@ class SimDevice:
                 pass
             self.task = None
         self._shutdown_device()
+        self.board.last_reset = "power_on"
 
     def go_offline(self, seconds):
         self.board.faults.offline_until = time.time() + seconds

@@ -7,14 +7,15 @@ short_description: A generated fleet of simulated ESP32 devices
 description:
   - Adds I(count) devices to the C(fleet) group (and a group per kind), with MAC
     addresses counted up from I(mac_prefix). Host names are the device ids that
-    the firmware derives from each MAC (firmware/app/identity.py, the same code).
+    the firmware derives from each MAC (the device contract's identity module,
+    the same file the firmware runs).
   - Used by the lab so that the simulated fleet (C(python -m firmware.sim)) can
     run hundreds of devices, each with its own MQTT user and ACL.
 options:
   plugin:
-    description: Must be C(sim_fleet).
+    description: Must be C(edgefleet.site.sim_fleet).
     required: true
-    choices: [sim_fleet]
+    choices: [edgefleet.site.sim_fleet, sim_fleet]
   count:
     description: Number of devices.
     type: int
@@ -36,25 +37,17 @@ options:
 
 EXAMPLES = r"""
 # inventories/lab/sim_fleet.yml
-plugin: sim_fleet
+plugin: edgefleet.site.sim_fleet
 count: 200
 """
 
 import os
-import sys
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
 
-_APP = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "firmware", "app")
-
-
-def _identity():
-    if _APP not in sys.path:
-        sys.path.insert(0, _APP)
-    import identity  # firmware/app/identity.py: one implementation for devices and tooling
-
-    return identity
+# the device contract: the very file the firmware runs (DESIGN.md section 5)
+from ansible_collections.edgefleet.site.plugins.module_utils import identity
 
 
 def fleet_macs(mac_prefix, count):
@@ -73,7 +66,7 @@ def fleet_macs(mac_prefix, count):
 
 
 class InventoryModule(BaseInventoryPlugin):
-    NAME = "sim_fleet"
+    NAME = "edgefleet.site.sim_fleet"
 
     def verify_file(self, path):
         return super().verify_file(path) and os.path.basename(path) in ("sim_fleet.yml", "sim_fleet.yaml")
@@ -81,7 +74,6 @@ class InventoryModule(BaseInventoryPlugin):
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
-        identity = _identity()
         group = self.get_option("group")
         kinds = self.get_option("kinds")
         try:

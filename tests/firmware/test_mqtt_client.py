@@ -27,7 +27,7 @@ def test_remaining_length(n, encoded):
 
 
 def test_remaining_length_limits():
-    with pytest.raises(mqttpkt.ProtocolError):
+    with pytest.raises(ValueError):
         mqttpkt.encode_length(268435456)
     assert mqttpkt.decode_length(b"\x30\x80") is None
     with pytest.raises(mqttpkt.ProtocolError):
@@ -45,12 +45,15 @@ def test_publish_and_subscribe_bytes():
     assert mqttpkt.publish("a/b", b"hi", 0).hex() == "3007" + "0003612f62" + "6869"
     assert mqttpkt.publish("a/b", b"hi", 1, retain=True, packet_id=10).hex() == "3309" + "0003612f62" + "000a" + "6869"
     assert mqttpkt.subscribe(1, [("a/+", 1)]).hex() == "8208" + "0001" + "0003612f2b" + "01"
-    with pytest.raises(mqttpkt.ProtocolError):
+    with pytest.raises(ValueError):
         mqttpkt.publish("a/+", b"", 0)
-    with pytest.raises(mqttpkt.ProtocolError):
+    with pytest.raises(ValueError):
         mqttpkt.publish("a", b"", 1)
-    with pytest.raises(mqttpkt.ProtocolError):
+    with pytest.raises(ValueError):
         mqttpkt.publish("a", b"", 2, packet_id=1)
+    # the header is built without the payload: a message is written as it is, never copied into a packet
+    header = mqttpkt.publish_header("a/b", 2, 1, packet_id=10)
+    assert header + b"hi" == mqttpkt.publish("a/b", b"hi", 1, packet_id=10)
 
 
 def test_parse_incoming():

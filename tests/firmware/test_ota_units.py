@@ -75,14 +75,3 @@ def test_bundle_cannot_write_outside_its_slot(fs):
         f.write(manifest + body)
     with pytest.raises(ota.OtaError, match="not allowed"):
         ota.unpack_bundle(fs, "in.bin", "b")
-
-
-@pytest.mark.parametrize("cmd,reason", [
-    ({"id": "1", "payload": "app", "version": "2", "url": "http://x/a", "size": 10}, "without sha256"),
-    ({"id": "1", "payload": "os", "version": "2", "url": "http://x/a", "size": 10, "sha256": "0" * 64}, "payload"),
-    ({"id": "1", "payload": "app", "version": "2", "url": "http://x/a", "size": 0, "sha256": "0" * 64}, "size"),
-    ({"id": "1", "payload": "app", "version": "2", "url": "http://x/a", "size": 5, "sha256": "zz"}, "sha256"),
-])
-def test_bad_ota_commands(cmd, reason):
-    with pytest.raises(ota.OtaError, match=reason):
-        ota.check_command(cmd)

@@ -8,12 +8,13 @@ only."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 
 import pytest
 
-from mpy_runner import APP, compile_app, run_micropython
+from mpy_runner import APP, CONTRACT, compile_app, run_micropython
 
 # Each expression is evaluated in both interpreters; results are compared as JSON.
 CHECKS = {
@@ -30,12 +31,12 @@ CHECKS = {
         "[ds18b20.temperature(p) for p in PADS]",
         "err(lambda: ds18b20.temperature(b'\\xff' * 9))",
     ],
-    "config": [
-        "config.validate({'version': 4, 'publish_interval_s': 10, 'pzem_addresses': [5]}, config.DEFAULTS)",
-        "config.initial({'pzem_addresses': [], 'temperature_zones': 1})",
-        "err(lambda: config.validate({'version': 4, 'sample_interval_s': 9, 'publish_interval_s': 5}, config.DEFAULTS))",
-        "err(lambda: config.validate({'version': 4, 'bogus': 1}, config.DEFAULTS))",
-        "err(lambda: config.validate({'version': 4, 'pzem_addresses': [0]}, config.DEFAULTS))",
+    "devconfig": [
+        "devconfig.validate({'version': 4, 'publish_interval_s': 10, 'pzem_addresses': [5]}, devconfig.DEFAULTS)",
+        "devconfig.initial({'pzem_addresses': [], 'temperature_zones': 1})",
+        "err(lambda: devconfig.validate({'version': 4, 'sample_interval_s': 9, 'publish_interval_s': 5}, devconfig.DEFAULTS))",
+        "err(lambda: devconfig.validate({'version': 4, 'bogus': 1}, devconfig.DEFAULTS))",
+        "err(lambda: devconfig.validate({'version': 4, 'pzem_addresses': [0]}, devconfig.DEFAULTS))",
     ],
     "mqttpkt": [
         "mqttpkt.connect('psu-ktcyat68', 60, user='psu-ktcyat68', password='pw', will=('a/status', b'{}', 1, True)).hex()",
@@ -86,7 +87,8 @@ def script(module):
 @pytest.mark.parametrize("module", sorted(CHECKS))
 def test_same_answers_as_cpython(module, tmp_path):
     code = script(module)
-    cpython = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=APP, check=True)
+    env = dict(os.environ, PYTHONPATH=f"{APP}{os.pathsep}{CONTRACT}")
+    cpython = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     mpy = run_micropython(code, compile_app(tmp_path, sorted({module, "ds18b20"})))
     expected = [json.loads(line) for line in cpython.stdout.splitlines()]
     got = [json.loads(line) for line in mpy.splitlines()]

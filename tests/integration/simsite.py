@@ -1,11 +1,14 @@
 """The integration tests' site: a real Mosquitto with the mosquitto role's
-real ACL, simulated devices provisioned for it, and helpers to watch MQTT.
+real ACL, simulated devices provisioned for it, and helpers to watch MQTT
+and to wait for conditions (every wait has a deadline; no fixed sleeps).
 The ``site`` fixture itself is in conftest.py."""
 
 import asyncio
+import json
 import time
 
-import firmware.sim  # noqa: F401  (puts firmware/app on sys.path)
+import firmware.sim  # noqa: F401  (puts firmware/app and the contract on sys.path)
+import contract
 import identity
 from firmware.sim import fleet
 from mqttc import Client as Paho
@@ -18,20 +21,25 @@ SERVICE = {"telegraf": "tg-pw", "controller": "ctl-pw", "exporter": "ex-pw"}
 
 
 def topic(device_id, channel):
-    return f"site/{SITE}/{device_id.split('-')[0]}/{device_id}/{channel}"
+    if channel == "#":  # every channel of the device
+        return contract.base_topic(SITE, device_id) + "#"
+    return contract.topic(SITE, device_id, channel)
 
 
 def make_site(broker, tmp_path):
     users = dict(SERVICE, **{d: f"pw-{d}" for d, _, _ in DEVICES})
     b = broker(users=users, acl=render_acl(SITE, [d for d, _, _ in DEVICES]))
 
-    def make(specs=DEVICES, time_scale=0.02, initial=None):
+    def make(specs=DEVICES, time_scale=0.02, initial=None, settings=None):
+        """Simulated devices for *specs*. The watchdog is off unless
+        *settings* turn it on: at these time scales a fraction of a second
+        of real scheduling delay is many device seconds."""
         sims = []
         for device_id, kind, mac in specs:
-            cfg = dict(fleet.kind_config(kind), **(initial or {}))
+            cfg = dict(fleet.kind_config(kind, mac), **(initial or {}))
             root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                    {"host": "127.0.0.1", "port": b.port, "keepalive": 30}, users[device_id],
-                                   initial_config=cfg)
+                                   initial_config=cfg, settings=dict({"watchdog_s": 0}, **(settings or {})))
             sims.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=time_scale))
         return sims
 
@@ -39,10 +47,44 @@ def make_site(broker, tmp_path):
     return make
 
 
-def watcher(b, user, pattern, **kw):
-    c = Paho(b.port, user=user, password=SERVICE[user], **kw).connect_ok()
+def watcher(b, user, pattern, password=None, **kw):
+    c = Paho(b.port, user=user, password=password or SERVICE[user], **kw).connect_ok()
     assert c.subscribe(pattern, 1) == [1]
     return c
+
+
+async def until(predicate, timeout=10.0, what="the condition", poll=0.02):
+    """Wait until predicate() is true (returns its value); fail after *timeout* s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(poll)
+
+
+def payloads(client, channel, device_id=None):
+    """Decoded payloads on *channel* (of *device_id*, or of any device) so far."""
+    out = []
+    for m in client.messages():
+        parsed = contract.parse_topic(m.topic)
+        if parsed and parsed[3] == channel and (device_id is None or parsed[2] == device_id):
+            try:
+                out.append(json.loads(m.payload))
+            except ValueError:
+                out.append(m.payload)
+    return out
+
+
+async def online(client, device_id, count=1, timeout=10.0):
+    """Wait until *client* (subscribed to the device's status) has seen
+    *count* ``online: true`` statuses of it: the device has subscribed to
+    cfg and cmd by then (it publishes online only after its SUBACKs)."""
+    def seen():
+        return len([p for p in payloads(client, "status", device_id) if isinstance(p, dict) and p.get("online")])
+    await until(lambda: seen() >= count, timeout, f"{device_id} online ({count})")
 
 
 async def run_for(sims, seconds, during=None):
@@ -55,14 +97,3 @@ async def run_for(sims, seconds, during=None):
     finally:
         await asyncio.gather(*(s.stop() for s in sims))
     assert all(t.done() for t in tasks)
-
-
-def messages(client, topic_filter=None, settle=0.5):
-    """Everything the subscriber received, after letting in-flight deliveries land."""
-    time.sleep(settle)
-    out = []
-    while not client.messages.empty():
-        m = client.messages.get()
-        if topic_filter is None or m.topic.endswith(topic_filter):
-            out.append(m)
-    return out

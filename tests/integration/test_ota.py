@@ -1,7 +1,9 @@
 """OTA of both payloads on simulated devices (the firmware's own ota.py,
-bootsel.py and httpget.py) against a real broker and a real HTTP server:
-success, corrupted download, stalled download, self-test failure with
-rollback, and power cuts at the risky steps."""
+bootsel.py, supervisor.py and httpget.py) against a real broker and a real
+HTTP server: success, corrupted download, stalled download, out of memory,
+self-test failure with rollback, a new slot that keeps crashing, the
+watchdog, power cuts at the risky steps, and answers to other commands.
+Every wait is on a condition with a deadline."""
 
 import asyncio
 import functools
@@ -15,28 +17,52 @@ import pytest
 
 import bootsel
 import ota
-from simsite import DEVICES, messages, run_for, topic, watcher
+import supervisor
+from simsite import DEVICES, online, payloads, run_for, topic, until, watcher
 
-NEW_VERSION = "0.2.0"
+NEW_VERSION = "0.9.0"
+FINAL = ("confirmed", "failed", "rolled_back")
+
+
+class Www:
+    """A real HTTP server on 127.0.0.1 serving a directory; records requests."""
+
+    def __init__(self, root, tls=None):
+        self.root = root
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(root), **kw)
+
+            def log_message(self, *a):
+                outer.requests.append(self.path)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls:
+            import ssl
+
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(tls["cert"], tls["key"])
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def publish(self, name, data):
+        (self.root / name).write_bytes(data)
+        return {"url": f"{self.url}/{name}", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 @pytest.fixture
-def http_dir(tmp_path):
+def www(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-def publish_file(http_dir, name, data):
-    root, url = http_dir
-    (root / name).write_bytes(data)
-    return {"url": f"{url}/{name}", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    server = Www(root)
+    yield server
+    server.server.shutdown()
 
 
 def app_bundle():
@@ -49,66 +75,85 @@ def ota_cmd(payload, artifact, **extra):
                 **artifact, **extra)
 
 
-def run_ota(site, http_dir, payload, data, setup=None, settle=3.0, cmd_extra=None):
+def run_ota(site, www, payload, data, setup=None, cmd_extra=None, until_boots=None):
+    """Send one OTA command to a device once it is online; return when the
+    device reported a final state (and, with *until_boots*, booted that often).
+    A device reports confirmed or rolled_back after its status of that boot."""
     sims = site(DEVICES[:1])
     sim = sims[0]
     device_id = DEVICES[0][0]
-    sim.board.faults.selftest_fail = False
     if setup:
         setup(sim)
-    ctl = watcher(site.broker, "controller", topic(device_id, "ota"))
-    status = watcher(site.broker, "controller", topic(device_id, "status"))
-    cmd = ota_cmd(payload, publish_file(http_dir, "artifact.bin", data), **(cmd_extra or {}))
+    ctl = watcher(site.broker, "controller", topic(device_id, "#"))
+    cmd = ota_cmd(payload, www.publish("artifact.bin", data), **(cmd_extra or {}))
+
+    def final():
+        return [r for r in payloads(ctl, "ota", device_id) if r["state"] in FINAL]
 
     async def scenario():
-        await asyncio.sleep(0.5)
+        await online(ctl, device_id)  # subscribed to cmd by then
         ctl.publish(topic(device_id, "cmd"), json.dumps(cmd))
-        await asyncio.sleep(settle)
+        await until(final, 20, "a final OTA state")
+        if until_boots:
+            await until(lambda: sim.boots >= until_boots, 10, f"boot {until_boots}")
 
     asyncio.run(run_for(sims, 0, during=scenario))
-    reports = [json.loads(m.payload) for m in messages(ctl)]
-    statuses = [json.loads(m.payload) for m in messages(status)]
+    reports = payloads(ctl, "ota", device_id)
+    statuses = [s for s in payloads(ctl, "status", device_id) if s.get("online")]
     ctl.close()
-    status.close()
     assert all(r["id"] == cmd["id"] for r in reports), reports
     return sim, [r["state"] for r in reports], reports, statuses
 
 
-def test_app_bundle_update_is_confirmed(site, http_dir):
-    sim, states, reports, statuses = run_ota(site, http_dir, "app", app_bundle())
+def test_app_bundle_update_is_confirmed(site, www):
+    sim, states, reports, statuses = run_ota(site, www, "app", app_bundle())
     assert states == ["downloading", "verifying", "rebooting", "confirmed"]
     state = bootsel.load(sim.board.fs)
     assert state["active"] == "b" and not state["pending"] and state["last"]["result"] == "confirmed"
     assert sim.boots == 2
-    assert statuses[-1]["fw"] == NEW_VERSION or any(s.get("fw") == NEW_VERSION for s in statuses)
+    assert statuses[-1]["fw"] == NEW_VERSION
     assert sim.board.fs.exists("app_b/device.py") and sim.board.fs.exists("app_b/manifest.json")
+    assert not sim.board.fs.exists(ota.INCOMING)
 
 
-def test_corrupted_download_fails_and_nothing_switches(site, http_dir):
+def test_corrupted_download_fails_and_nothing_switches(site, www):
     def corrupt(sim):
         sim.board.faults.ota_corrupt = True
 
-    sim, states, reports, _ = run_ota(site, http_dir, "app", app_bundle(), setup=corrupt, settle=1.5)
+    sim, states, reports, _ = run_ota(site, www, "app", app_bundle(), setup=corrupt)
     assert states == ["downloading", "failed"]
     assert "sha256 mismatch" in reports[-1]["detail"]
     assert bootsel.load(sim.board.fs)["active"] == "a" and sim.boots == 1
+    assert not sim.board.fs.exists(ota.INCOMING), "a failed download must not keep flash"
 
 
-def test_stalled_download_times_out(site, http_dir):
+def test_stalled_download_times_out(site, www):
     def hang(sim):
         sim.board.faults.ota_hang = True
 
-    sim, states, reports, _ = run_ota(site, http_dir, "app", app_bundle(), setup=hang, settle=2.5,
-                                      cmd_extra={"timeout_s": 1})
+    sim, states, reports, _ = run_ota(site, www, "app", app_bundle(), setup=hang, cmd_extra={"timeout_s": 1})
     assert states == ["downloading", "failed"] and "stalled" in reports[-1]["detail"]
     assert bootsel.load(sim.board.fs)["active"] == "a"
 
 
-def test_failed_self_test_rolls_back_to_the_previous_slot(site, http_dir):
+def test_running_out_of_memory_during_an_update_is_reported_as_failed(site, www, monkeypatch):
+    """MemoryError is what a real ESP32 raises when a download buffer does
+    not fit; the controller must hear 'failed', not wait on 'downloading'."""
+    def alloc_fails(*a, **kw):
+        raise MemoryError("memory allocation failed, allocating 4096 bytes")
+
+    monkeypatch.setattr(ota.FileSink, "write", alloc_fails)
+    sim, states, reports, _ = run_ota(site, www, "app", app_bundle())
+    assert states == ["downloading", "failed"]
+    assert reports[-1]["detail"] == "out of memory during the update"
+    assert bootsel.load(sim.board.fs)["active"] == "a"
+
+
+def test_failed_self_test_rolls_back_to_the_previous_slot(site, www):
     def broken_new_app(sim):
         sim.board.faults.selftest_fail = True
 
-    sim, states, reports, statuses = run_ota(site, http_dir, "app", app_bundle(), setup=broken_new_app, settle=4.0)
+    sim, states, reports, statuses = run_ota(site, www, "app", app_bundle(), setup=broken_new_app, until_boots=3)
     assert states == ["downloading", "verifying", "rebooting", "rolled_back"]
     assert "self-test failed" in reports[-1]["detail"]
     state = bootsel.load(sim.board.fs)
@@ -117,97 +162,175 @@ def test_failed_self_test_rolls_back_to_the_previous_slot(site, http_dir):
     assert statuses[-1]["fw"] != NEW_VERSION
 
 
-def test_firmware_image_update_is_confirmed(site, http_dir):
+def test_a_new_slot_that_keeps_crashing_is_abandoned(site, www):
+    """The new app raises at start, before its self-test: the supervisor
+    records the crash and resets; the second unconfirmed boot returns to the
+    old slot, which reports the rollback with the crash, and announces it."""
+    def crashing_new_app(sim):
+        sim.board.faults.crash_pending = True
+
+    sims = site(DEVICES[:1])
+    sim = sims[0]
+    device_id = DEVICES[0][0]
+    crashing_new_app(sim)
+    ctl = watcher(site.broker, "controller", topic(device_id, "#"))
+    cmd = ota_cmd("app", www.publish("a.bin", app_bundle()))
+
+    async def scenario():
+        await online(ctl, device_id)
+        ctl.publish(topic(device_id, "cmd"), json.dumps(cmd))
+        await until(lambda: any(r["state"] in FINAL for r in payloads(ctl, "ota", device_id)), 20, "a final state")
+
+    asyncio.run(run_for(sims, 0, during=scenario))
+    ctl.close()
+    states = [r["state"] for r in payloads(ctl, "ota", device_id)]
+    assert states == ["downloading", "verifying", "rebooting", "rolled_back"]
+    detail = payloads(ctl, "ota", device_id)[-1]["detail"]
+    assert "slot b was not confirmed" in detail and "injected crash" in detail
+    assert sim.boots == 3 and bootsel.load(sim.board.fs)["active"] == "a"
+    crash = payloads(ctl, "announce", device_id)[-1]["crash"]
+    assert crash["slot"] == "b" and "injected crash" in crash["error"] and crash["count"] == 1
+    assert supervisor.load_crash(sim.board.fs) is None, "a reported crash is cleared"
+
+
+def test_firmware_image_update_is_confirmed(site, www):
     image = bytes(range(256)) * 512  # 128 KiB stand-in image: the partition handling is what is tested
-    sim, states, reports, _ = run_ota(site, http_dir, "firmware", image)
+    sim, states, reports, _ = run_ota(site, www, "firmware", image)
     assert states == ["downloading", "verifying", "rebooting", "confirmed"]
     assert sim.board.firmware_running() == "ota_1" and not sim.board.firmware_pending()
     with open(sim.board.firmware.root + "/ota_1.bin", "rb") as f:
         assert f.read() == image
 
 
-def test_firmware_image_that_fails_its_self_test_is_reverted_by_the_bootloader(site, http_dir):
+def test_firmware_image_that_fails_its_self_test_is_reverted_by_the_bootloader(site, www):
     def broken(sim):
         sim.board.faults.selftest_fail = True
 
-    sim, states, reports, _ = run_ota(site, http_dir, "firmware", b"\x00" * 4096, setup=broken, settle=4.0)
+    sim, states, reports, _ = run_ota(site, www, "firmware", b"\x00" * 4096, setup=broken, until_boots=3)
     assert states == ["downloading", "verifying", "rebooting", "rolled_back"]
     assert sim.board.firmware_running() == "ota_0"
 
 
-def test_power_cut_during_download_and_before_confirmation_leaves_a_bootable_device(site, http_dir):
+def test_power_cut_during_download_and_before_confirmation_leaves_a_bootable_device(site, www):
     sims = site(DEVICES[:1])
     sim = sims[0]
     device_id = DEVICES[0][0]
     sim.board.faults.ota_hang = True
-    ctl = watcher(site.broker, "controller", topic(device_id, "ota"))
-    cmd = ota_cmd("app", publish_file(http_dir, "a.bin", app_bundle()), timeout_s=30)
+    ctl = watcher(site.broker, "controller", topic(device_id, "#"))
+    cmd = ota_cmd("app", www.publish("a.bin", app_bundle()), timeout_s=30)
 
     async def scenario():
-        await asyncio.sleep(0.5)
+        await online(ctl, device_id)
         ctl.publish(topic(device_id, "cmd"), json.dumps(cmd))
-        await asyncio.sleep(0.5)  # the download is stalled half way
-        await sim.power_off()
+        # the download has started: reported, requested from the server, being written
+        await until(lambda: payloads(ctl, "ota", device_id), 5, "downloading reported")
+        await until(lambda: "/a.bin" in " ".join(www.requests), 5, "the GET at the server")
+        await until(lambda: sim.board.fs.exists(ota.INCOMING), 5, "the download file on flash")
+        assert payloads(ctl, "ota", device_id)[-1]["state"] == "downloading"
+        await sim.power_off()  # half way: the download is stalled
         sim.start()
-        await asyncio.sleep(1.0)
-        assert sim.device.online() and bootsel.load(sim.board.fs)["active"] == "a"
+        await online(ctl, device_id, count=2)
+        assert bootsel.load(sim.board.fs)["active"] == "a"
+        assert not sim.board.fs.exists(ota.INCOMING), "the partial download is cleared at boot"
         # now power cuts right after the switch: the device is off while the
-        # new slot boots once (bootsel.select, as main.py does) and dies
+        # new slot boots once (supervisor.boot, as main.py does) and dies
         # before its self-test; the next boot must return to the old slot
         sim.board.faults.ota_hang = False
         await sim.power_off()
         bootsel.stage(sim.board.fs, "b", {"id": "x", "version": NEW_VERSION, "payload": "app"})
-        assert bootsel.select(sim.board.fs)["active"] == "b"  # first boot of b, pending
+        assert supervisor.boot(sim.board.fs)["active"] == "b"  # first boot of b, pending
         sim.start()  # second boot of an unconfirmed slot
-        await asyncio.sleep(1.0)
-        assert sim.device.online()
+        await online(ctl, device_id, count=3)
 
     asyncio.run(run_for(sims, 0, during=scenario))
     ctl.close()
     state = bootsel.load(sim.board.fs)
     assert state["active"] == "a" and state["last"]["result"] == "rolled_back"
-    assert sim.device is not None
+    assert payloads(ctl, "ota", device_id)[-1] == {"id": "x", "state": "rolled_back", "version": NEW_VERSION,
+                                                   "detail": "slot b was not confirmed after boot"}
 
 
 def test_app_update_over_https_with_the_site_ca(broker, tmp_path):
-    import ssl
-
     from firmware.sim import fleet
-    from simsite import SERVICE
     from roleacl import render_acl
+    from simsite import SERVICE
     from tlsca import make_ca_and_server
 
     tls = make_ca_and_server(tmp_path / "tls")
     device_id, kind, mac = DEVICES[0]
     b = broker(users=dict(SERVICE, **{device_id: "pw"}), acl=render_acl("it", [device_id]))
-    www = tmp_path / "www"
-    www.mkdir()
-    data = app_bundle()
-    (www / "app.bin").write_bytes(data)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(tls["cert"], tls["key"])
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "www").mkdir()
+    server = Www(tmp_path / "www", tls=tls)
     root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, "it", {"host": "127.0.0.1", "port": b.port},
-                           "pw", ca_file=str(tls["ca"]), initial_config=fleet.kind_config(kind))
+                           "pw", ca_file=str(tls["ca"]), initial_config=fleet.kind_config(kind, mac))
     sim = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
-    ctl = watcher(b, "controller", topic(device_id, "ota"))
-    cmd = ota_cmd("app", {"url": f"https://127.0.0.1:{server.server_address[1]}/app.bin", "size": len(data),
-                          "sha256": hashlib.sha256(data).hexdigest()})
+    ctl = watcher(b, "controller", topic(device_id, "#"))
+    cmd = ota_cmd("app", server.publish("app.bin", app_bundle()))
 
     async def scenario():
-        await asyncio.sleep(0.5)
+        await online(ctl, device_id)
         ctl.publish(topic(device_id, "cmd"), json.dumps(cmd))
-        await asyncio.sleep(3.0)
+        await until(lambda: any(r["state"] in FINAL for r in payloads(ctl, "ota", device_id)), 20, "a final state")
 
     try:
         asyncio.run(run_for([sim], 0, during=scenario))
     finally:
-        server.shutdown()
-    states = [json.loads(m.payload)["state"] for m in messages(ctl)]
+        server.server.shutdown()
     ctl.close()
-    assert states == ["downloading", "verifying", "rebooting", "confirmed"]
+    assert [r["state"] for r in payloads(ctl, "ota", device_id)] == ["downloading", "verifying", "rebooting",
+                                                                     "confirmed"]
     assert bootsel.load(sim.board.fs)["active"] == "b"
+
+
+def test_every_command_gets_an_answer(site):
+    """reboot is accepted (with its id) and the device reboots; an unknown or
+    malformed command is rejected with the reason, never ignored."""
+    sims = site(DEVICES[:1])
+    sim = sims[0]
+    device_id = DEVICES[0][0]
+    ctl = watcher(site.broker, "controller", topic(device_id, "#"))
+
+    def answers():
+        return payloads(ctl, "cmd/ack", device_id)
+
+    async def scenario():
+        await online(ctl, device_id)
+        for n, cmd in enumerate([{"id": "u-1", "cmd": "selfdestruct"}, b"{not json", {"cmd": "reboot"},
+                                 {"id": "r-1", "cmd": "reboot"}], 1):
+            ctl.publish(topic(device_id, "cmd"), cmd if isinstance(cmd, bytes) else json.dumps(cmd))
+            await until(lambda: len(answers()) >= n, 5, f"answer {n}")
+        await until(lambda: sim.boots == 2, 5, "the reboot")
+        await online(ctl, device_id, count=2)
+
+    asyncio.run(run_for(sims, 0, during=scenario))
+    ctl.close()
+    a = answers()
+    assert a[0]["id"] == "u-1" and a[0]["result"] == "rejected" and "unknown command 'selfdestruct'" in a[0]["detail"]
+    assert a[1] == {"id": None, "cmd": None, "result": "rejected", "detail": "command is not valid JSON"}
+    assert a[2]["id"] is None and a[2]["result"] == "rejected" and "command id" in a[2]["detail"]
+    assert a[3] == {"id": "r-1", "cmd": "reboot", "result": "accepted", "detail": None}
+    assert payloads(ctl, "announce", device_id)[-1]["reset_cause"] == "soft"
+
+
+def test_the_watchdog_resets_a_device_whose_sensor_bus_wedged(site):
+    """The 1-Wire/Modbus read never returns: the app stops feeding the
+    (simulated hardware) watchdog, which resets the board; the next boot
+    announces the watchdog reset. A healthy device under the same watchdog
+    is not reset."""
+    sims = site(DEVICES[:2], settings={"watchdog_s": 60})
+    wedged, healthy = sims
+    ctl = watcher(site.broker, "controller", f"site/it/+/+/#")
+
+    async def scenario():
+        for d, _, _ in DEVICES[:2]:
+            await online(ctl, d)
+        wedged.board.faults.sensors_hang = True
+        await until(lambda: wedged.boots >= 2, 15, "the watchdog reset")
+        wedged.board.faults.sensors_hang = False
+        await online(ctl, DEVICES[0][0], count=2)
+
+    asyncio.run(run_for(sims, 0, during=scenario))
+    ctl.close()
+    assert payloads(ctl, "announce", DEVICES[0][0])[-1]["reset_cause"] == "watchdog"
+    assert healthy.boots == 1 and healthy.board.wdt_timeout == 60
+    assert any("watchdog" in line for line in wedged.board.logs)

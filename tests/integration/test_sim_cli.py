@@ -41,6 +41,20 @@ def cli(args, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def last_status(watcher):
+    last = {}
+    for m in watcher.messages():
+        last[m.topic.split("/")[3]] = json.loads(m.payload)["online"]
+    return last
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+
+
 def test_runs_for_duration_and_reports(tmp_path, broker):
     b, ids, args = make_site(tmp_path, broker)
     watcher = Paho(b.port, user="controller", password="ctl").connect_ok()
@@ -49,23 +63,23 @@ def test_runs_for_duration_and_reports(tmp_path, broker):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "running 2 devices" in out and "stopped:" in out
-    time.sleep(0.5)
-    last = {}
-    while not watcher.messages.empty():
-        m = watcher.messages.get()
-        last[m.topic.split("/")[3]] = json.loads(m.payload)["online"]
+    wait_for(lambda: last_status(watcher) == {i: False for i in ids}, 5,
+             "each device to mark itself offline when the simulator stops")
     watcher.close()
-    assert last == {i: False for i in ids}, "each device must mark itself offline when the simulator stops"
 
 
 def test_ctrl_c_stops_cleanly(tmp_path, broker):
-    _b, _ids, args = make_site(tmp_path, broker)
+    b, ids, args = make_site(tmp_path, broker)
+    watcher = Paho(b.port, user="controller", password="ctl").connect_ok()
+    watcher.subscribe("site/cli/+/+/status", 1)
     proc = cli(args)
-    time.sleep(4)
+    wait_for(lambda: last_status(watcher) == {i: True for i in ids}, 30, "every device online")
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "stopped:" in out and "Traceback" not in out
+    wait_for(lambda: last_status(watcher) == {i: False for i in ids}, 5, "every device offline after Ctrl-C")
+    watcher.close()
 
 
 def test_too_many_devices_and_missing_credentials_are_refused(tmp_path, broker):

@@ -15,7 +15,7 @@ PLUGINS = [("inventory", p.stem) for p in sorted((ROOT / "plugins" / "inventory"
 @pytest.mark.parametrize("kind,name", PLUGINS, ids=[f"{k}:{n}" for k, n in PLUGINS])
 def test_ansible_doc_renders(kind, name):
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
-    run = subprocess.run([str(pathlib.Path(sys.executable).parent / "ansible-doc"), "-t", kind, name],
+    run = subprocess.run([str(pathlib.Path(sys.executable).parent / "ansible-doc"), "-t", kind, "edgefleet.site." + name],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert name in run.stdout and "OPTIONS" in run.stdout and "EXAMPLES" in run.stdout

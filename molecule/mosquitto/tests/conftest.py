@@ -8,7 +8,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", pathlib.Path(__file__).parents[3]))
-sys.path.insert(0, str(ROOT / "tests" / "lib"))
+sys.path.insert(0, str(ROOT / "tools" / "pylib"))
 
 SITE = "molecule"
 DEVICE_A = "psu-ktcyat68"

@@ -52,51 +52,84 @@ def test_device_publishes_its_own_state(connect):
     assert msg.payload == payload
 
 
+def assert_denied(client, topic_name, payload, control, what):
+    """*payload* on *topic_name* must never reach *client*. *control* is a
+    delivery the client is allowed, made after the denied one: once it has
+    arrived, a denied message that the broker had let through would have
+    arrived too (one broker thread, in order), so looking at the whole
+    history then cannot miss a late delivery."""
+    assert not client.received(topic_name, payload, wait=1.0), what
+    control()
+    assert not client.seen(topic_name, payload), what + " (late)"
+
+
 def test_device_cannot_publish_another_devices_state(connect):
     sub = connect("telegraf")
     assert sub.subscribe(topic(DEVICE_B, "state")) == [1]
-    forged = unique()
+    forged, genuine = unique(), unique()
     # MQTT 3.1.1 gives the publisher no error: the broker drops it silently.
     connect(DEVICE_A).publish(topic(DEVICE_B, "state"), forged)
-    assert not sub.received(topic(DEVICE_B, "state"), forged, wait=2.0), "forged state reached the subscriber"
-    # control: the subscriber does see the owner's own publish
-    genuine = unique()
-    connect(DEVICE_B).publish(topic(DEVICE_B, "state"), genuine)
-    sub.expect(topic(DEVICE_B, "state"), genuine)
+
+    def control():  # the subscriber does see the owner's own publish
+        connect(DEVICE_B).publish(topic(DEVICE_B, "state"), genuine)
+        sub.expect(topic(DEVICE_B, "state"), genuine)
+
+    assert_denied(sub, topic(DEVICE_B, "state"), forged, control, "forged state reached the subscriber")
 
 
 # Mosquitto 2.0 answers every SUBSCRIBE with a granted SUBACK and enforces
 # the ACL when it delivers, so a denied subscription is proved by what the
-# subscriber receives, next to a control subscriber that does receive.
+# subscriber receives, next to a control delivery that does arrive.
 
 def test_device_cannot_subscribe_to_another_devices_cmd(connect):
     intruder = connect(DEVICE_A)
     intruder.subscribe(topic(DEVICE_B, "cmd"))
+    assert intruder.subscribe(topic(DEVICE_A, "cmd")) == [1]
     owner = connect(DEVICE_B)
     assert owner.subscribe(topic(DEVICE_B, "cmd")) == [1]
-    cmd = b'{"id": "%s", "cmd": "reboot"}' % unique()
-    connect("controller").publish(topic(DEVICE_B, "cmd"), cmd)
+    controller = connect("controller")
+    cmd, own = (b'{"id": "%s", "cmd": "reboot"}' % unique() for _ in range(2))
+    controller.publish(topic(DEVICE_B, "cmd"), cmd)
     owner.expect(topic(DEVICE_B, "cmd"), cmd)
-    assert not intruder.received(topic(DEVICE_B, "cmd"), cmd, wait=1.5), "another device's cmd was delivered"
+
+    def control():
+        controller.publish(topic(DEVICE_A, "cmd"), own)
+        intruder.expect(topic(DEVICE_A, "cmd"), own)
+
+    assert_denied(intruder, topic(DEVICE_B, "cmd"), cmd, control, "another device's cmd was delivered")
 
 
 def test_device_reads_only_its_own_retained_cfg(connect):
+    controller = connect("controller")
     cfg = b'{"version": 7, "publish_interval_s": 5, "nonce": "%s"}' % unique()
-    connect("controller").publish(topic(DEVICE_A, "cfg"), cfg, retain=True)
+    controller.publish(topic(DEVICE_A, "cfg"), cfg, retain=True)
     device = connect(DEVICE_A)
     assert device.subscribe(topic(DEVICE_A, "cfg")) == [1]
     assert device.expect(topic(DEVICE_A, "cfg"), cfg).retain
     other = connect(DEVICE_B)
     other.subscribe(topic(DEVICE_A, "cfg"))
-    assert not other.received(topic(DEVICE_A, "cfg"), cfg, wait=1.5), "another device's cfg was delivered"
+    assert other.subscribe(topic(DEVICE_B, "cfg")) == [1]
+    own = b'{"version": 8, "nonce": "%s"}' % unique()
+
+    def control():
+        controller.publish(topic(DEVICE_B, "cfg"), own, retain=True)
+        other.expect(topic(DEVICE_B, "cfg"), own)
+
+    assert_denied(other, topic(DEVICE_A, "cfg"), cfg, control, "another device's cfg was delivered")
 
 
 def test_device_cannot_write_its_own_cfg_or_cmd(connect):
+    controller = connect("controller")
     watcher = connect("controller")
     assert watcher.subscribe(topic(DEVICE_A, "cfg")) == [1]
-    rogue = unique()
+    rogue, genuine = unique(), unique()
     connect(DEVICE_A).publish(topic(DEVICE_A, "cfg"), rogue)
-    assert not watcher.received(topic(DEVICE_A, "cfg"), rogue, wait=1.5)
+
+    def control():
+        controller.publish(topic(DEVICE_A, "cfg"), genuine, retain=True)
+        watcher.expect(topic(DEVICE_A, "cfg"), genuine)
+
+    assert_denied(watcher, topic(DEVICE_A, "cfg"), rogue, control, "a device wrote its own cfg")
 
 
 def test_service_users_get_least_privilege(connect):
@@ -104,25 +137,62 @@ def test_service_users_get_least_privilege(connect):
     telegraf = connect("telegraf")
     telegraf.subscribe(topic(DEVICE_A, "cmd"))
     telegraf.subscribe(topic(DEVICE_A, "cfg"))
+    assert telegraf.subscribe(topic(DEVICE_A, "state")) == [1]
     cmd, cfg = unique(), unique()
     controller.publish(topic(DEVICE_A, "cmd"), cmd)
     controller.publish(topic(DEVICE_A, "cfg"), cfg, retain=True)
-    assert not telegraf.received(topic(DEVICE_A, "cmd"), cmd, wait=1.0), "telegraf received a cmd"
-    assert not telegraf.received(topic(DEVICE_A, "cfg"), cfg, wait=1.0), "telegraf received a cfg"
+    device = connect(DEVICE_A)
+
+    def telegraf_control():  # telegraf does read telemetry
+        state = unique()
+        device.publish(topic(DEVICE_A, "state"), state)
+        telegraf.expect(topic(DEVICE_A, "state"), state)
+
+    assert_denied(telegraf, topic(DEVICE_A, "cmd"), cmd, telegraf_control, "telegraf received a cmd")
+    assert_denied(telegraf, topic(DEVICE_A, "cfg"), cfg, telegraf_control, "telegraf received a cfg")
     # telegraf cannot publish at all
     state_watcher = connect(DEVICE_A)
-    state_watcher.subscribe(topic(DEVICE_A, "cmd"))
+    assert state_watcher.subscribe(topic(DEVICE_A, "cmd")) == [1]
     forged = unique()
     telegraf.publish(topic(DEVICE_A, "cmd"), forged)
-    assert not state_watcher.received(topic(DEVICE_A, "cmd"), forged, wait=1.0), "telegraf could send a cmd"
+
+    def cmd_control():
+        genuine = unique()
+        controller.publish(topic(DEVICE_A, "cmd"), genuine)
+        state_watcher.expect(topic(DEVICE_A, "cmd"), genuine)
+
+    assert_denied(state_watcher, topic(DEVICE_A, "cmd"), forged, cmd_control, "telegraf could send a cmd")
     # the controller does not read telemetry; the exporter reads $SYS
     controller.subscribe(f"site/{SITE}/+/+/state")
+    assert controller.subscribe(topic(DEVICE_A, "status")) == [1]
     state = unique()
-    connect(DEVICE_A).publish(topic(DEVICE_A, "state"), state)
-    assert not controller.received(topic(DEVICE_A, "state"), state, wait=1.0), "controller received telemetry"
+    device.publish(topic(DEVICE_A, "state"), state)
+
+    def status_control():
+        status = b'{"online": true, "nonce": "%s"}' % unique()
+        device.publish(topic(DEVICE_A, "status"), status)
+        controller.expect(topic(DEVICE_A, "status"), status)
+
+    assert_denied(controller, topic(DEVICE_A, "state"), state, status_control, "controller received telemetry")
     exporter = connect("exporter")
     assert exporter.subscribe("$SYS/broker/uptime") == [1]
     assert exporter.expect("$SYS/broker/uptime", timeout=15).payload.endswith(b"seconds")
+
+
+def test_device_answers_commands_on_cmd_ack(connect):
+    controller = connect("controller")
+    assert controller.subscribe(f"site/{SITE}/+/+/cmd/ack") == [1]
+    answer, forged = unique(), unique()
+    connect(DEVICE_A).publish(topic(DEVICE_A, "cmd/ack"), answer)
+    controller.expect(topic(DEVICE_A, "cmd/ack"), answer)
+    connect(DEVICE_B).publish(topic(DEVICE_A, "cmd/ack"), forged)
+
+    def control():
+        genuine = unique()
+        connect(DEVICE_A).publish(topic(DEVICE_A, "cmd/ack"), genuine)
+        controller.expect(topic(DEVICE_A, "cmd/ack"), genuine)
+
+    assert_denied(controller, topic(DEVICE_A, "cmd/ack"), forged, control, "a device answered for another")
 
 
 def test_tls_listener_accepts_a_client_that_trusts_the_site_ca(connect, secrets_dir):

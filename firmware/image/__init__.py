@@ -1,8 +1,9 @@
 """Build a device's flash image: the MicroPython base image the operator
 supplies, our partition table, the per-device NVS (Wi-Fi) and a littlefs
-filesystem holding the mpy-cross compiled app (slot a), the boot files,
-device.json and the site CA. Same inputs give byte-identical images, so the
-image digest tells whether a board needs flashing."""
+filesystem holding the mpy-cross compiled app (slot a: firmware/app and the
+device contract from plugins/module_utils), the boot files, device.json and
+the site CA. Same inputs give byte-identical images, so the image digest
+tells whether a board needs flashing."""
 
 import hashlib
 import json
@@ -13,9 +14,14 @@ import subprocess
 import sys
 import tempfile
 
-APP_DIR = pathlib.Path(__file__).resolve().parents[1] / "app"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+APP_DIR = ROOT / "firmware" / "app"
+# the device contract: these very files run on the device, in the simulator
+# and in the controller-side plugins (DESIGN.md section 5)
+CONTRACT_DIR = ROOT / "plugins" / "module_utils"
+CONTRACT_MODULES = ("contract", "devconfig", "identity")
 # files at the filesystem root, never replaced by an app bundle update
-ROOT_MODULES = ("bootsel", "board_esp32")
+ROOT_MODULES = ("bootsel", "board_esp32", "boardkit", "supervisor")
 # main.py stays source: MicroPython runs /main.py at boot
 BOOT_SCRIPT = "main.py"
 
@@ -61,8 +67,9 @@ def mpy_cross():
 
 
 def app_sources():
-    """The app modules the image packs: every firmware/app/*.py."""
-    return sorted(APP_DIR.glob("*.py"))
+    """The modules the image packs: every firmware/app/*.py and the contract."""
+    return sorted(list(APP_DIR.glob("*.py")) + [CONTRACT_DIR / (m + ".py") for m in CONTRACT_MODULES],
+                  key=lambda p: p.name)
 
 
 def compile_module(src):
@@ -79,6 +86,7 @@ def compile_module(src):
 
 def app_files(version):
     """{path on the device: bytes} for the app: root files and slot a."""
+    import firmware.sim  # noqa: F401  (firmware/app and the contract on sys.path, as on a device)
     import ota  # firmware/app/ota.py: the same bundle code the device unpacks with
 
     files, slot = {}, {}

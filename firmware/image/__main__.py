@@ -1,4 +1,4 @@
-"""python -m firmware.build --inventory inventories/lab --device psu-ktcyat68 --micropython firmware.bin --out build/
+"""python -m firmware.image --inventory inventories/lab --device psu-ktcyat68 --micropython firmware.bin --out images/
 
 Builds one board's merged flash image (write it at offset 0) and prints its
 sha256. The MicroPython ESP32 firmware.bin is the operator's: it cannot be
@@ -15,7 +15,7 @@ from . import BuildError, build_image
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m firmware.build", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m firmware.image", description=__doc__.split("\n\n")[0])
     p.add_argument("--inventory", default="inventories/lab")
     p.add_argument("--device", required=True, help="device id (inventory host name)")
     p.add_argument("--micropython", required=True, help="MicroPython ESP32 firmware.bin (supplied by you)")
@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--wifi-password", default="")
     p.add_argument("--tls", action="store_true", help="devices connect with TLS")
     p.add_argument("--version", default="0.1.0", help="app version written into slot a")
-    p.add_argument("--out", default="build")
+    p.add_argument("--out", default="images")
     args = p.parse_args(argv)
 
     from firmware.sim import fleet
@@ -53,7 +53,7 @@ def main(argv=None):
     if ca:
         broker["ca"] = "ca.crt"
     device = {"id": device_id, "kind": kind, "site": site, "broker": broker, "password": password,
-              "config": fleet.kind_config(kind)}
+              "config": fleet.kind_config(kind, mac)}
     wifi = {"ssid": args.wifi_ssid, "password": args.wifi_password} if args.wifi_ssid else None
     try:
         image, report = build_image(base, device, ca, wifi, args.version)

@@ -4,7 +4,11 @@ A device id is ``<kind>-<short8>``: short8 is the 8-symbol Crockford base32
 code (lower case, most significant 5 bits first) of BLAKE2s(MAC bytes) with a
 5-byte digest. The same function names the MQTT user, the client id, the
 host name (``<id>.local``) and the Grafana labels, so the firmware and the
-host tooling must agree bit for bit: both use this file.
+host tooling must agree bit for bit: both use this file (part of the device
+contract in plugins/module_utils: the firmware image packs it, the
+simulator imports it, controller-side plugins import it as
+``ansible_collections.edgefleet.site.plugins.module_utils.identity``). It
+runs unchanged on MicroPython and imports nothing.
 
 MicroPython's ``hashlib`` has no BLAKE2, so BLAKE2s (RFC 7693, unkeyed) is
 implemented here in plain Python that runs on MicroPython and CPython alike.

@@ -1,8 +1,13 @@
-"""A small synchronous wrapper around paho-mqtt for tests: connect, wait
-for CONNACK/SUBACK/PUBACK, collect messages. Used by the Molecule verifiers
-and the integration tests; real MQTT sessions against a real broker."""
+"""A small synchronous wrapper around paho-mqtt for tests and benchmarks:
+connect, wait for CONNACK/SUBACK/PUBACK, keep every message received.
+Used by the Molecule verifiers and the integration tests; real MQTT
+sessions against a real broker.
 
-import queue
+Every message stays in ``history`` for the life of the client, so a check
+that something was *not* delivered can look again at the end of a test: a
+forbidden message that arrives late is still caught, never skipped over by
+a later ``expect``."""
+
 import ssl
 import threading
 import time
@@ -29,7 +34,9 @@ class Client:
             self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
         elif tls_default_trust:
             self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
-        self.messages = queue.Queue()
+        self.history = []  # every message received, in order
+        self._cursor = 0  # expect() looks from here on
+        self._arrived = threading.Condition()
         self.connack = None
         self._connected = threading.Event()
         self._subacks = {}
@@ -45,7 +52,9 @@ class Client:
         self._connected.set()
 
     def _on_message(self, client, userdata, msg):
-        self.messages.put(msg)
+        with self._arrived:
+            self.history.append(msg)
+            self._arrived.notify_all()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         with self._lock:
@@ -86,25 +95,47 @@ class Client:
         if not info.is_published():
             raise MqttError(f"publish to {topic} not acknowledged within {timeout}s")
 
-    def expect(self, topic, payload=None, timeout=5.0):
-        """Wait for a message on *topic* (and with *payload* if given)."""
+    def wait_for(self, predicate, timeout=5.0, what="a matching message", start=0):
+        """The first message from history[start:] for which predicate(msg)
+        is true, waiting up to *timeout* seconds for it to arrive."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                msg = self.messages.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if msg.topic == topic and (payload is None or msg.payload == payload):
-                return msg
-        raise MqttError(f"no message on {topic} (payload {payload!r}) within {timeout}s")
+        i = start
+        with self._arrived:
+            while True:
+                while i < len(self.history):
+                    if predicate(self.history[i]):
+                        return self.history[i]
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise MqttError(f"no {what} within {timeout}s (received {len(self.history)} messages)")
+                self._arrived.wait(left)
+
+    def expect(self, topic, payload=None, timeout=5.0):
+        """Wait for the next message on *topic* (and with *payload* if given)
+        after the one the previous expect() returned."""
+        msg = self.wait_for(lambda m: m.topic == topic and (payload is None or m.payload == payload), timeout,
+                            f"message on {topic} (payload {payload!r})", self._cursor)
+        self._cursor = self.history.index(msg) + 1
+        return msg
 
     def received(self, topic, payload=None, wait=2.0):
-        """True when such a message arrives within *wait* seconds."""
+        """True when such a message is (or arrives within *wait* seconds) in the history."""
         try:
-            self.expect(topic, payload, timeout=wait)
+            self.wait_for(lambda m: m.topic == topic and (payload is None or m.payload == payload), wait)
             return True
         except MqttError:
             return False
+
+    def seen(self, topic, payload=None):
+        """True when such a message is anywhere in the history (no waiting)."""
+        with self._arrived:
+            return any(m.topic == topic and (payload is None or m.payload == payload) for m in self.history)
+
+    def messages(self, topic_suffix=None):
+        """A snapshot of the history, optionally only topics ending with *topic_suffix*."""
+        with self._arrived:
+            return [m for m in self.history if topic_suffix is None or m.topic.endswith(topic_suffix)]
 
     def close(self):
         try:

@@ -1,0 +1,70 @@
+"""Parts of a MicroPython board layer that are not hardware: the flash
+filesystem and a wrap-free uptime. ``board_esp32`` uses them on a device;
+the tests run them under MicroPython's unix port, on MicroPython's own
+littlefs driver (VfsLfs2), against the same expectations as the simulator's
+host filesystem.
+
+This module sits at the filesystem root next to main.py (it is not part of
+an app slot, so an app update can never break it).
+"""
+
+import os
+
+
+class Fs:
+    """The board's flash filesystem (littlefs on an ESP32), rooted at *root*."""
+
+    def __init__(self, root="/"):
+        self.root = root.rstrip("/")
+
+    def path(self, name):
+        return self.root + "/" + name.lstrip("/")
+
+    def open(self, name, mode="r"):
+        return open(self.path(name), mode)
+
+    def exists(self, name):
+        try:
+            os.stat(self.path(name))
+            return True
+        except OSError:
+            return False
+
+    def listdir(self, name=""):
+        return os.listdir(self.path(name))
+
+    def remove(self, name):
+        os.remove(self.path(name))
+
+    def mkdir(self, name):
+        os.mkdir(self.path(name))
+
+    def rename(self, old, new):
+        """Replace *new* atomically: littlefs (like POSIX) renames over an
+        existing file in one metadata commit, so a power cut leaves either
+        the old or the new file, never none."""
+        os.rename(self.path(old), self.path(new))
+
+
+class Uptime:
+    """Milliseconds since boot that do not wrap.
+
+    ``time.ticks_ms()`` wraps (at 2**30 ms on an ESP32, about 12.4 days),
+    and ``ticks_diff`` is only right for spans under half of that. This
+    accumulates the difference between successive calls, so it stays right
+    for as long as it is called at least every few days (the app reads it
+    at every sample)."""
+
+    def __init__(self, ticks_ms, ticks_diff):
+        self._ticks_ms, self._ticks_diff = ticks_ms, ticks_diff
+        self._last = ticks_ms()
+        self._ms = 0
+
+    def ms(self):
+        now = self._ticks_ms()
+        self._ms += self._ticks_diff(now, self._last)
+        self._last = now
+        return self._ms
+
+    def seconds(self):
+        return self.ms() // 1000

@@ -1,0 +1,161 @@
+"""The device contract of DESIGN.md section 3: topics, channels, commands and
+OTA messages, in one place for the firmware, the simulator, the mosquitto
+role's ACL and the controller-side plugins.
+
+This file runs unchanged on MicroPython (the firmware image packs it as it
+is) and imports nothing, not even its siblings: controller code imports it
+as ``ansible_collections.edgefleet.site.plugins.module_utils.contract``, the
+device as ``contract``.
+"""
+
+# Every topic is site/<site>/<kind>/<device id>/<channel>.
+# Channels a device writes (retained: status, announce) and reads.
+DEVICE_WRITES = ("state", "status", "announce", "cfg/ack", "cmd/ack", "ota")
+DEVICE_READS = ("cfg", "cmd")
+RETAINED = ("status", "announce", "cfg")
+CHANNELS = DEVICE_WRITES + DEVICE_READS
+
+COMMANDS = ("ota", "reboot")
+CMD_RESULTS = ("accepted", "rejected")
+OTA_PAYLOADS = ("app", "firmware")
+OTA_STATES = ("downloading", "verifying", "rebooting", "confirmed", "failed", "rolled_back")
+OTA_FINAL_STATES = ("confirmed", "failed", "rolled_back")
+OTA_DEFAULT_TIMEOUT_S = 30
+MAX_COMMAND_ID = 64
+
+
+class ContractError(ValueError):
+    pass
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_site(site):
+    """A site name is one topic level: 1-32 of a-z, 0-9, '_' and '-'."""
+    if (not isinstance(site, str) or not 1 <= len(site) <= 32
+            or any(not ("a" <= c <= "z" or "0" <= c <= "9" or c in "_-") for c in site)):
+        raise ContractError("site name must be 1-32 of a-z0-9_- (one topic level), got %r" % (site,))
+    return site
+
+
+def device_kind(device_id):
+    """The kind part of a device id (``psu-ktcyat68`` -> ``psu``)."""
+    kind, sep, code = str(device_id).rpartition("-")
+    if not sep or not kind or len(code) != 8:
+        raise ContractError("not a device id (<kind>-<short8>): %r" % (device_id,))
+    return kind
+
+
+def base_topic(site, device_id):
+    """``site/<site>/<kind>/<id>/``: every channel of a device starts with it."""
+    return "site/%s/%s/%s/" % (check_site(site), device_kind(device_id), device_id)
+
+
+def topic(site, device_id, channel):
+    if channel not in CHANNELS:
+        raise ContractError("unknown channel %r (one of %s)" % (channel, ", ".join(CHANNELS)))
+    return base_topic(site, device_id) + channel
+
+
+def parse_topic(name):
+    """(site, kind, device id, channel) of a device topic, or None."""
+    parts = str(name).split("/", 4)
+    if len(parts) != 5 or parts[0] != "site" or parts[4] not in CHANNELS:
+        return None
+    try:
+        if device_kind(parts[3]) != parts[2]:
+            return None
+    except ContractError:
+        return None
+    return parts[1], parts[2], parts[3], parts[4]
+
+
+# --- commands (channel cmd) ------------------------------------------------------
+
+def check_command_id(cmd_id):
+    if not isinstance(cmd_id, str) or not 1 <= len(cmd_id) <= MAX_COMMAND_ID:
+        raise ContractError("command id must be a string of 1-%d characters, got %r" % (MAX_COMMAND_ID, cmd_id))
+    return cmd_id
+
+
+def check_command(cmd):
+    """Validate the envelope of a command: ``{"id", "cmd", ...}``. Returns
+    (id, name). The id of a malformed command may be None in the answer."""
+    if not isinstance(cmd, dict):
+        raise ContractError("a command must be a JSON object, got %s" % type(cmd).__name__)
+    check_command_id(cmd.get("id"))
+    name = cmd.get("cmd")
+    if name not in COMMANDS:
+        raise ContractError("unknown command %r (known: %s)" % (name, ", ".join(COMMANDS)))
+    return cmd["id"], name
+
+
+def command_id_of(cmd):
+    """The id a (possibly malformed) command carries, for its answer."""
+    if isinstance(cmd, dict) and isinstance(cmd.get("id"), str) and len(cmd["id"]) <= MAX_COMMAND_ID:
+        return cmd["id"]
+    return None
+
+
+def cmd_ack(cmd_id, cmd, result, detail=None):
+    """The device's answer on ``cmd/ack`` to a command that is not an OTA
+    (an OTA command is answered on ``ota``)."""
+    if result not in CMD_RESULTS:
+        raise ContractError("cmd/ack result must be one of %s, got %r" % (", ".join(CMD_RESULTS), result))
+    return {"id": cmd_id, "cmd": cmd, "result": result, "detail": detail}
+
+
+def reboot_command(cmd_id):
+    return {"id": check_command_id(cmd_id), "cmd": "reboot"}
+
+
+# --- OTA (channels cmd and ota) ----------------------------------------------------
+
+def check_ota_command(cmd):
+    """Validate ``{"id", "cmd": "ota", "payload", "version", "url", "size",
+    "sha256"[, "timeout_s"]}``; return (payload, version, url, size,
+    sha256, timeout_s)."""
+    for key in ("id", "payload", "version", "url", "size", "sha256"):
+        if key not in cmd:
+            raise ContractError("ota command without %s" % key)
+    check_command_id(cmd["id"])
+    if cmd.get("cmd", "ota") != "ota":
+        raise ContractError("not an ota command: %r" % (cmd.get("cmd"),))
+    payload = cmd["payload"]
+    if payload not in OTA_PAYLOADS:
+        raise ContractError("unknown ota payload %r (app or firmware)" % (payload,))
+    version = cmd["version"]
+    if not isinstance(version, str) or not 1 <= len(version) <= 32:
+        raise ContractError("ota version must be a string of 1-32 characters, got %r" % (version,))
+    url = cmd["url"]
+    if not isinstance(url, str) or not (url.startswith("http://") or url.startswith("https://")) or len(url) > 512:
+        raise ContractError("ota url must be http:// or https:// (at most 512 characters), got %r" % (url,))
+    size = cmd["size"]
+    if not _is_int(size) or size <= 0:
+        raise ContractError("ota size must be a positive integer, got %r" % (size,))
+    digest = cmd["sha256"]
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+        raise ContractError("ota sha256 must be 64 hex digits, got %r" % (digest,))
+    timeout_s = cmd.get("timeout_s", OTA_DEFAULT_TIMEOUT_S)
+    if not _is_int(timeout_s) or not 1 <= timeout_s <= 3600:
+        raise ContractError("ota timeout_s must be an integer 1..3600, got %r" % (timeout_s,))
+    return payload, version, url, size, digest.lower(), timeout_s
+
+
+def ota_command(cmd_id, payload, version, url, size, sha256, timeout_s=None):
+    """The command the controller sends (validated like the device will)."""
+    cmd = {"id": cmd_id, "cmd": "ota", "payload": payload, "version": version, "url": url, "size": size,
+           "sha256": sha256}
+    if timeout_s is not None:
+        cmd["timeout_s"] = timeout_s
+    check_ota_command(cmd)
+    return cmd
+
+
+def ota_report(cmd_id, state, version, detail=None):
+    """The device's progress on ``ota``."""
+    if state not in OTA_STATES:
+        raise ContractError("ota state must be one of %s, got %r" % (", ".join(OTA_STATES), state))
+    return {"id": cmd_id, "state": state, "version": version, "detail": detail}
