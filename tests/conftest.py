@@ -2,7 +2,8 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-for sub in ("collections", "plugins/filter", "tools/pylib", "tests/firmware", "plugins/module_utils", "firmware/app"):
+for sub in ("collections", "plugins/filter", "tools/pylib", "tests/firmware/mpy", "tests/firmware", "plugins/module_utils",
+            "firmware/app"):
     path = str(ROOT / sub)
     if path not in sys.path:
         sys.path.insert(0, path)
@@ -35,3 +36,34 @@ def ntp_server():
     server = NtpServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def compiled_device(tmp_path_factory):
+    """Every device module compiled by mpy-cross, as the image packs them."""
+    from interp import compile_device
+
+    return compile_device(tmp_path_factory.mktemp("mpy"))
+
+
+def _micropython_or_skip():
+    from interp import MicroPythonMissing, find_micropython
+
+    try:
+        return find_micropython()
+    except MicroPythonMissing as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(params=["cpython", "micropython"])
+def interp(request):
+    """Run the test under both interpreters (MicroPython: the unix port)."""
+    if request.param == "micropython":
+        _micropython_or_skip()
+    return request.param
+
+
+@pytest.fixture
+def micropython():
+    """The MicroPython unix port's path (the test is skipped, with the reason, where there is none)."""
+    return _micropython_or_skip()

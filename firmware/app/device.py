@@ -77,6 +77,7 @@ class Device:
         self.buffer = OfflineBuffer(self.fs, "buf", self.config["buffer_capacity"])
         self.boot = bootsel.load(self.fs)  # the boot loader has already run bootsel.select()
         ota.discard_incoming(self.fs)  # what a power cut during a download left behind
+        ota.reserve_buffer()  # while the heap is in one piece
         self.fw = ota.slot_version(self.fs, self.boot["active"]) or FW_VERSION
         self.crash = supervisor.load_crash(self.fs)
         self.selftest_timeout_s = settings.get("selftest_timeout_s", 60)
@@ -165,13 +166,16 @@ class Device:
 
     async def connection_loop(self):
         while True:
+            connects = self.connects
             try:
                 await self._connect_once()
             except Exception as e:
                 if self.client is not None:  # connected, then failed to set up: drop the half session
                     self.client.abort()
                 self.client = None
-                delay = self.backoff.next_delay()
+                # a session that was up when it failed is a lost session (a
+                # broker restart during setup): come back spread out, too
+                delay = self.backoff.after_loss() if self.connects > connects else self.backoff.next_delay()
                 self.board.log("connect failed (%r); retry in %.1fs" % (e, delay))
                 await self.board.sleep(delay)
                 continue
@@ -439,12 +443,12 @@ class Device:
             await self.board.sleep(self.watchdog_s / 8)
 
     # --- /metrics -----------------------------------------------------------------
-    def metrics_text(self):
+    def metrics_lines(self):
         info = (("device_id", self.id), ("kind", self.kind), ("fw", self.fw))
         last = self.last or {}
         elec = last.get("electrical", {})
         zones = last.get("thermal", {}).get("temperature_zones", [])
-        return metrics.render([
+        return metrics.render_lines([
             ("edgefleet_device_info", "gauge", "Device identity.", [(info, 1)]),
             ("edgefleet_uptime_seconds", "gauge", "Seconds since boot.", [((), self.board.uptime_s())]),
             ("edgefleet_wifi_rssi_dbm", "gauge", "Wi-Fi signal.", [((), self.board.wifi_rssi())]),
@@ -472,7 +476,7 @@ class Device:
     async def start_metrics(self):
         address = self.board.metrics_address(self.config["metrics_port"])
         if address is not None and self.metrics_server is None:
-            self.metrics_server = await metrics.serve(address[0], address[1], self.metrics_text)
+            self.metrics_server = await metrics.serve(address[0], address[1], self.metrics_lines)
 
     async def run(self):
         await self.start_metrics()

@@ -41,6 +41,23 @@ class Response:
         except asyncio.TimeoutError:
             raise HttpError("download stalled: no data for %ss" % self.timeout_s)
 
+    async def readinto(self, buf):
+        """Fill *buf* (a memoryview) with up to len(buf) bytes; 0 at the end.
+        On MicroPython the stream reads straight into it, so a download
+        allocates nothing per chunk (the heap of an ESP32 fragments)."""
+        readinto = getattr(self._reader, "readinto", None)
+        try:
+            if readinto is not None:
+                while True:
+                    n = await asyncio.wait_for(readinto(buf), self.timeout_s)
+                    if n is not None:  # None: woken, but nothing to read yet
+                        return n
+            data = await asyncio.wait_for(self._reader.read(len(buf)), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise HttpError("download stalled: no data for %ss" % self.timeout_s)
+        buf[:len(data)] = data
+        return len(data)
+
     def close(self):
         netio.close_now(self._writer)
         self._writer = None

@@ -1,6 +1,7 @@
 """``/metrics`` in the Prometheus text format (version 0.0.4).
 
-``render(values)`` is pure (runs anywhere); ``serve(...)`` is a minimal
+``render(values)`` is pure (runs anywhere); ``serve(host, port, lines_fn)``
+(``lines_fn()`` returns ``render_lines(...)``) is a minimal
 HTTP/1.0 server on asyncio that answers GET /metrics and 404 otherwise,
 with a read deadline and a limit on concurrent clients.
 """
@@ -18,6 +19,12 @@ def _labels(labels):
 
 def render(metrics):
     """*metrics*: [(name, type, help, [(labels tuple, value), ...]), ...]."""
+    return "\n".join(render_lines(metrics)) + "\n"
+
+
+def render_lines(metrics):
+    """The exposition as a list of lines (without newlines): the server
+    sends them in small pieces, so a scrape needs no large block of heap."""
     out = []
     for name, kind, help_text, samples in metrics:
         out.append("# HELP %s %s" % (name, help_text))
@@ -29,7 +36,7 @@ def render(metrics):
                 value = int(value)
             out.append("%s%s %s" % (name, _labels(labels), repr(float(value)) if isinstance(value, float)
                                     else value))
-    return "\n".join(out) + "\n"
+    return out
 
 
 MAX_CLIENTS = 2  # an ESP32 has about 10 sockets; scrapers beyond this are turned away at once
@@ -49,7 +56,8 @@ class Server:
         self.timeout_s = timeout_s
         self.active = 0
         self.served = 0
-        self.refused = 0
+        self.refused = 0  # turned away: too many at once
+        self.dropped = 0  # timed out, too long, reset
         self._server = None
 
     async def _request_line(self, reader):
@@ -77,21 +85,28 @@ class Server:
         try:
             request = await self._request_line(reader)
             parts = request.decode().split() if request else []
-            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
-                body = self.body_fn().encode()
-                head = ("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                        "Content-Length: %d\r\n\r\n" % len(body))
-            else:
-                body = b"not found\n"
-                head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
-            writer.write(head.encode())
-            writer.write(body)
             import asyncio
 
+            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
+                lines = self.body_fn()
+                head = ("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                        "Content-Length: %d\r\n\r\n" % sum(len(line) + 1 for line in lines))
+            else:
+                lines = ["not found"]
+                head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n"
+            piece = head
+            for line in lines:  # pieces of about 512 bytes, each drained before the next
+                piece += line + "\n"
+                if len(piece) >= 512:
+                    writer.write(piece.encode())
+                    piece = ""
+                    await asyncio.wait_for(writer.drain(), self.timeout_s)
+            writer.write(piece.encode())
             await asyncio.wait_for(writer.drain(), self.timeout_s)
             self.served += 1
             await netio.close(writer, self.timeout_s)
         except BaseException as e:  # timeout, reset, garbage, cancellation: drop the connection
+            self.dropped += 1
             netio.close_now(writer)
             if not isinstance(e, Exception):
                 raise

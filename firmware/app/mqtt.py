@@ -55,6 +55,7 @@ class _Session:
         self.closed = asyncio.Event()
         self.pong = asyncio.Event()
         self.lost = None  # the reason, once the session has ended
+        self.disconnecting = False
 
 
 class Client:
@@ -140,10 +141,11 @@ class Client:
                 while not s.outq:
                     s.wake.clear()
                     await s.wake.wait()
-                parts, done = s.outq.pop(0)
+                parts, done = s.outq[0]  # stays queued while written: _end() wakes its waiter too
                 for part in parts:
                     s.writer.write(part)
                 await s.writer.drain()
+                s.outq.pop(0)
                 if done is not None:
                     done.set()
         except asyncio.CancelledError:
@@ -275,7 +277,7 @@ class Client:
         except asyncio.CancelledError:
             raise
         except EOFError:
-            self._end(s, "the peer closed the connection")
+            self._end(s, "disconnected" if s.disconnecting else "the peer closed the connection")
         except Exception as e:
             self._end(s, "read: %s" % _describe(e))
 
@@ -325,6 +327,7 @@ class Client:
         s = self._session
         if s is None or s.lost is not None:
             return
+        s.disconnecting = True
         try:
             await self._send(s, (pkt.disconnect(),))
         except MqttError:

@@ -21,8 +21,18 @@ import bootsel
 import contract
 import httpget
 
-CHUNK = 4096
+CHUNK = 2048
 INCOMING = "ota_incoming.bin"
+_buffer = []
+
+
+def reserve_buffer():
+    """The one buffer every download and unpack uses, taken at boot while
+    the heap is still in one piece: later, a fragmented heap may have the
+    bytes free but not in one block (seen under the unix port's -X heapsize)."""
+    if not _buffer:
+        _buffer.append(memoryview(bytearray(CHUNK)))
+    return _buffer[0]
 
 
 class OtaError(Exception):
@@ -47,16 +57,17 @@ async def download(url, connect, size, sha256, sink, timeout_s=30):
     response = await httpget.get(url, connect, timeout_s)
     h = hashlib.sha256()
     got = 0
+    buf = reserve_buffer()
     try:
         if response.length is not None and response.length != size:
             raise OtaError("server announces %d bytes, command says %d" % (response.length, size))
         while got < size:
-            chunk = await response.read(min(CHUNK, size - got))
-            if not chunk:
+            n = await response.readinto(buf[:min(CHUNK, size - got)])
+            if not n:
                 break
-            h.update(chunk)
-            sink.write(chunk)
-            got += len(chunk)
+            h.update(buf[:n])
+            sink.write(buf[:n])
+            got += n
     except httpget.HttpError as e:
         raise OtaError(str(e))
     finally:
@@ -100,16 +111,25 @@ def unpack_bundle(fs, path, slot):
             version = manifest["version"]
         except (ValueError, KeyError, TypeError):
             raise OtaError("bundle manifest is not valid")
+        buf = reserve_buffer()
         for entry in entries:
             name = entry["name"]
             if "/" in name or name.startswith("."):
                 raise OtaError("bundle file name %r not allowed" % (name,))
-            data = f.read(entry["size"])
-            digest = _hex(hashlib.sha256(data).digest())
-            if len(data) != entry["size"] or digest != entry["sha256"]:
-                raise OtaError("bundle file %s is damaged (sha256 %s)" % (name, digest))
+            # copied in chunks: the memory needed does not grow with the file
+            h = hashlib.sha256()
+            left = entry["size"]
             with fs.open(target + "/" + name, "wb") as out:
-                out.write(data)
+                while left > 0:
+                    n = f.readinto(buf[:min(CHUNK, left)])
+                    if not n:
+                        break
+                    h.update(buf[:n])
+                    out.write(buf[:n])
+                    left -= n
+            digest = _hex(h.digest())
+            if left or digest != entry["sha256"]:
+                raise OtaError("bundle file %s is damaged (sha256 %s)" % (name, digest))
     # the manifest is written last: a slot without one is incomplete
     with fs.open(target + "/manifest.json", "w") as out:
         out.write(json.dumps({"version": version, "files": entries}))
@@ -135,8 +155,11 @@ def discard_incoming(fs):
 
 async def _install(device, cmd, report):
     """Download, verify and commit; returns once the next boot runs the update."""
+    import gc
+
     board, fs = device.board, device.fs
     payload, version, url, size, sha256, timeout_s = contract.check_ota_command(cmd)
+    gc.collect()  # start the update on a compacted heap
     await report("downloading")
     if payload == "app":
         slot = bootsel.other(bootsel.load(fs)["active"])
@@ -146,6 +169,7 @@ async def _install(device, cmd, report):
         finally:
             sink.close()
         await report("verifying")
+        gc.collect()
         unpack_bundle(fs, INCOMING, slot)
         fs.remove(INCOMING)
         # the commit point: the next boot runs the new slot, pending its self-test

@@ -1,7 +1,7 @@
 """The app talks to hardware only through the board layer: every board
-attribute the app uses exists on both boards, the ESP32 one (which cannot run
-here: no ESP32) and the simulator's. Checked on the source, without importing
-MicroPython-only modules."""
+attribute the app uses exists on every board: the ESP32 one (which cannot
+run here: no ESP32), the simulator's, and the unix-port test board. Checked
+on the source, without importing MicroPython-only modules."""
 
 import ast
 import pathlib
@@ -9,6 +9,7 @@ import pathlib
 from mpy_runner import APP
 
 SIM = APP.parent / "sim" / "board.py"
+UNIX = APP.parents[1] / "tools" / "unixport" / "board_unix.py"
 BOARD_ONLY = {"board_esp32.py", "main.py"}
 
 
@@ -52,3 +53,8 @@ def test_esp32_board_provides_everything_the_app_uses():
 def test_host_board_provides_everything_the_app_uses():
     missing = {a: sorted(w) for a, w in used_board_attributes().items() if a not in provided(SIM, "HostBoard")}
     assert not missing, f"firmware/sim HostBoard lacks {missing}"
+
+
+def test_unix_port_board_provides_everything_the_app_uses():
+    missing = {a: sorted(w) for a, w in used_board_attributes().items() if a not in provided(UNIX, "UnixBoard")}
+    assert not missing, f"tools/unixport UnixBoard lacks {missing}"

@@ -5,7 +5,6 @@ The ``site`` fixture itself is in conftest.py."""
 
 import asyncio
 import json
-import time
 
 import firmware.sim  # noqa: F401  (puts firmware/app and the contract on sys.path)
 import contract
@@ -13,6 +12,7 @@ import identity
 from firmware.sim import fleet
 from mqttc import Client as Paho
 from roleacl import render_acl
+from waits import until  # noqa: F401  (the tests import it from here)
 
 SITE = "it"
 SPECS = [("psu", "24:0a:c4:12:34:01"), ("oven", "24:0a:c4:12:34:21"), ("env", "24:0a:c4:12:34:11")]
@@ -51,18 +51,6 @@ def watcher(b, user, pattern, password=None, **kw):
     c = Paho(b.port, user=user, password=password or SERVICE[user], **kw).connect_ok()
     assert c.subscribe(pattern, 1) == [1]
     return c
-
-
-async def until(predicate, timeout=10.0, what="the condition", poll=0.02):
-    """Wait until predicate() is true (returns its value); fail after *timeout* s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(poll)
 
 
 def payloads(client, channel, device_id=None):

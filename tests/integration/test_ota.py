@@ -6,11 +6,7 @@ watchdog, power cuts at the risky steps, and answers to other commands.
 Every wait is on a condition with a deadline."""
 
 import asyncio
-import functools
-import hashlib
-import http.server
 import json
-import threading
 import uuid
 
 import pytest
@@ -19,41 +15,10 @@ import bootsel
 import ota
 import supervisor
 from simsite import DEVICES, online, payloads, run_for, topic, until, watcher
+from www import Www
 
 NEW_VERSION = "0.9.0"
 FINAL = ("confirmed", "failed", "rolled_back")
-
-
-class Www:
-    """A real HTTP server on 127.0.0.1 serving a directory; records requests."""
-
-    def __init__(self, root, tls=None):
-        self.root = root
-        self.requests = []
-        outer = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, directory=str(root), **kw)
-
-            def log_message(self, *a):
-                outer.requests.append(self.path)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        scheme = "http"
-        if tls:
-            import ssl
-
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(tls["cert"], tls["key"])
-            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
-            scheme = "https"
-        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def publish(self, name, data):
-        (self.root / name).write_bytes(data)
-        return {"url": f"{self.url}/{name}", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 @pytest.fixture
@@ -62,7 +27,7 @@ def www(tmp_path):
     root.mkdir()
     server = Www(root)
     yield server
-    server.server.shutdown()
+    server.close()
 
 
 def app_bundle():
@@ -275,7 +240,7 @@ def test_app_update_over_https_with_the_site_ca(broker, tmp_path):
     try:
         asyncio.run(run_for([sim], 0, during=scenario))
     finally:
-        server.server.shutdown()
+        server.close()
     ctl.close()
     assert [r["state"] for r in payloads(ctl, "ota", device_id)] == ["downloading", "verifying", "rebooting",
                                                                      "confirmed"]

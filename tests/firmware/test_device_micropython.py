@@ -1,0 +1,280 @@
+"""The whole, unchanged device app on MicroPython's unix port, booted from a
+real flash image's littlefs (MicroPython's own VfsLfs2 driver), against a
+real Mosquitto with the mosquitto role's real ACL.
+
+The board layer (tools/unixport/board_unix.py) is a test fixture: Wi-Fi,
+the PZEM meters, DS18B20 sensors, the RTC and resets are stood in for (see
+its docstring). Everything else is the device's own code on the device's
+interpreter: MQTT client, config, buffer, OTA with bootsel and the
+supervisor, /metrics, NTP."""
+
+import json
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+import contract
+import identity
+from broker import free_port
+from interp import mpy_cross
+from mqttc import Client as Paho
+from roleacl import render_acl
+from unixdev import UnixDevice, app_bundle
+from waits import wait_until
+from www import Www
+
+SITE = "mp"
+MAC = "24:0a:c4:12:34:01"
+DEVICE_ID = identity.device_id("psu", MAC)
+USERS = {DEVICE_ID: "dev-pw", "controller": "ctl-pw", "telegraf": "tg-pw"}
+NEW = "0.9.0"
+
+
+def topic(channel):
+    return contract.topic(SITE, DEVICE_ID, channel)
+
+
+class Site:
+    def __init__(self, broker, tmp_path):
+        self.broker = broker(users=USERS, acl=render_acl(SITE, [DEVICE_ID]))
+        self.tmp = tmp_path
+        self.devices = []
+        self.clients = []
+
+    def device(self, config=None, settings=None, **kw):
+        device = dict({"id": DEVICE_ID, "kind": "psu", "site": SITE, "password": USERS[DEVICE_ID],
+                       "broker": {"host": "127.0.0.1", "port": self.broker.port, "keepalive": 30},
+                       "config": dict({"publish_interval_s": 1, "pzem_addresses": [1, 2, 3]}, **(config or {})),
+                       "reconnect_spread_s": 2, "backoff_base_s": 0.5, "backoff_cap_s": 2}, **(settings or {}))
+        d = UnixDevice(self.tmp / f"dev{len(self.devices)}", device, MAC, **kw)
+        self.devices.append(d)
+        return d
+
+    def watch(self, user, pattern=None, **kw):
+        c = Paho(self.broker.port, user=user, password=USERS[user], **kw).connect_ok()
+        self.clients.append(c)
+        assert c.subscribe(pattern or contract.base_topic(SITE, DEVICE_ID) + "#", 1) == [1]
+        return c
+
+    def close(self):
+        for d in self.devices:
+            d.kill()
+        for c in self.clients:
+            c.close()
+
+
+@pytest.fixture
+def site(broker, tmp_path, micropython):
+    s = Site(broker, tmp_path)
+    yield s
+    s.close()
+
+
+def payloads(client, channel):
+    return [json.loads(m.payload) for m in client.messages() if m.topic == topic(channel)]
+
+
+def online_count(client):
+    return sum(1 for p in payloads(client, "status") if p.get("online"))
+
+
+def wait_online(client, device, count=1, timeout=15):
+    wait_until(lambda: online_count(client) >= count, timeout,
+               f"status online number {count}; device output:\n{device.output()[-2000:]}")
+
+
+def test_boot_announce_status_and_telemetry_cadence(site):
+    ctl = site.watch("controller")
+    tg = site.watch("telegraf", f"site/{SITE}/+/+/state")
+    d = site.device().start()
+    wait_online(ctl, d)
+    wait_until(lambda: len(tg.messages()) >= 6, 15, "6 telemetry messages")
+    arrivals = [m for m in tg.messages()]
+    state = [json.loads(m.payload) for m in arrivals]
+    # the shape of DESIGN.md section 3, from the device's own code on MicroPython
+    m = state[-1]
+    assert m["device_id"] == DEVICE_ID and m["ts"] is None  # no NTP answer yet: not a date in 2000
+    assert set(m["electrical"]["voltage"]) == {"a", "b", "c"} and 229 < m["electrical"]["voltage"]["a"] < 232
+    assert m["electrical"]["power_factor"] == 0.92 and m["status"]["operational_state"] == "run"
+    assert [s["seq"] for s in state] == list(range(1, len(state) + 1))
+    # a fixed 1 s cadence (publish_interval_s 1), measured at the subscriber
+    stamps = [s["status"]["uptime_seconds"] for s in state]
+    assert all(b - a in (0, 1, 2) for a, b in zip(stamps, stamps[1:])), stamps
+    with_times = [t for t, line in d.lines]  # the process runs in real time
+    assert with_times
+    # retained identity and status, for a controller that subscribes later
+    late = site.watch("controller")
+    wait_until(lambda: payloads(late, "announce") and payloads(late, "status"), 5, "retained announce and status")
+    retained = {m.topic.rsplit("/", 1)[1]: m for m in late.messages() if m.retain}
+    announce = json.loads(retained["announce"].payload)
+    assert announce["id"] == DEVICE_ID and announce["mac"] == MAC and announce["hostname"] == DEVICE_ID + ".local"
+    assert announce["chip"].startswith("MicroPython unix port") and announce["reset_cause"] == "power_on"
+    status = json.loads(retained["status"].payload)
+    assert status["online"] is True and status["fw"] == "0.2.0" and status["free_heap"] > 0
+    assert "log: watchdog 120s" in d.output()
+
+
+def test_telemetry_cadence_is_one_second(site):
+    tg = site.watch("telegraf", f"site/{SITE}/+/+/state")
+    site.device().start()
+    wait_until(lambda: len(tg.messages()) >= 8, 20, "8 telemetry messages")
+    times = [m.timestamp for m in tg.messages()]
+    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    median = gaps[len(gaps) // 2]
+    assert 0.85 <= median <= 1.15, gaps
+
+
+def test_cfg_applied_and_acked_bad_cfg_rejected_and_old_config_kept(site):
+    ctl = site.watch("controller")
+    d = site.device().start()
+    wait_online(ctl, d)
+    ctl.publish(topic("cfg"), json.dumps({"version": 3, "publish_interval_s": 2, "setpoint_c": 70}), retain=True)
+    wait_until(lambda: len(payloads(ctl, "cfg/ack")) >= 1, 5, "the first cfg/ack")
+    ctl.publish(topic("cfg"), json.dumps({"version": 4, "publish_interval_s": 2, "pzem_addresses": [1, 300]}),
+                retain=True)
+    wait_until(lambda: len(payloads(ctl, "cfg/ack")) >= 2, 5, "the second cfg/ack")
+    acks = payloads(ctl, "cfg/ack")
+    assert acks[0] == {"version": 3, "result": "applied", "detail": None}
+    assert acks[1] == {"version": 4, "result": "rejected",
+                       "detail": "pzem_addresses: 300 is not a Modbus address 1..247"}
+    d.kill()
+    files = d.files()
+    assert json.loads(files["config.json"]) == {"version": 3, "publish_interval_s": 2, "setpoint_c": 70}
+    # after a reboot the device still runs version 3 (and the broker's retained v4 is refused again)
+    d2 = site.device()
+    d2.flash.write_bytes(d.flash.read_bytes())
+    d2.start()
+    wait_until(lambda: len(payloads(ctl, "cfg/ack")) >= 3, 10, "the retained cfg acked after a reboot")
+    assert payloads(ctl, "cfg/ack")[2]["result"] == "rejected"
+    wait_until(lambda: any(s.get("online") and s["cfg_version"] == 3 for s in payloads(ctl, "status")[2:]), 5,
+               "status with cfg_version 3 after the reboot")
+
+
+def test_outage_buffer_is_delivered_in_order_after_a_broker_restart(site):
+    tg = Paho(site.broker.port, user="telegraf", password=USERS["telegraf"], client_id="tg-mp", clean_session=False)
+    tg.client.reconnect_delay_set(min_delay=0.05, max_delay=0.2)
+    site.clients.append(tg.connect_ok())
+    assert tg.subscribe(topic("state"), 1) == [1]
+    d = site.device().start()
+    wait_until(lambda: len(tg.messages()) >= 2, 15, "telemetry before the outage")
+    site.broker.stop()
+    time.sleep(4)  # the outage itself: about four 1 s telemetry periods go to the flash buffer
+    site.broker.start()
+
+    def seqs():
+        return [json.loads(m.payload)["seq"] for m in tg.messages()]
+
+    wait_until(lambda: len(set(seqs())) >= max(seqs()) >= 8, 30, f"telemetry after the outage: {seqs()}")
+    unique = list(dict.fromkeys(seqs()))
+    assert unique == list(range(1, len(unique) + 1)), f"lost or out of order: {unique}"
+    assert "connection lost" in d.output()
+
+
+def test_will_is_published_when_the_process_is_killed(site):
+    ctl = site.watch("controller")
+    d = site.device().start()
+    wait_online(ctl, d)
+    d.kill()  # a power cut: no DISCONNECT
+    wait_until(lambda: {"online": False} in payloads(ctl, "status"), 10, "the will")
+
+
+def test_metrics_endpoint(site):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    tg = site.watch("telegraf", f"site/{SITE}/+/+/state")
+    site.device(metrics_port=port).start()
+    wait_until(lambda: len(tg.messages()) >= 2, 15, "telemetry")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    assert families["edgefleet_device_info"].samples[0].labels["device_id"] == DEVICE_ID
+    assert families["edgefleet_mqtt_connected"].samples[0].value == 1
+    assert families["edgefleet_telemetry_published"].samples[0].value >= 2
+    assert {s.labels["phase"] for s in families["edgefleet_voltage_volts"].samples} == {"a", "b", "c"}
+
+
+def send_ota(site, www, bundle, digest_of=None):
+    ctl = site.watch("controller")
+    d = site.device().start()
+    wait_online(ctl, d)
+    cmd = dict(contract.ota_command("ota-1", "app", NEW, **www.publish("app.bin", bundle, digest_of)))
+    ctl.publish(topic("cmd"), json.dumps(cmd))
+    wait_until(lambda: any(r["state"] in contract.OTA_FINAL_STATES for r in payloads(ctl, "ota")), 60,
+               f"a final OTA state; device output:\n{d.output()[-3000:]}")
+    return ctl, d, [r["state"] for r in payloads(ctl, "ota")]
+
+
+@pytest.fixture
+def www(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = Www(root)
+    yield server
+    server.close()
+
+
+def test_app_bundle_ota_is_confirmed(site, www):
+    ctl, d, states = send_ota(site, www, app_bundle(NEW))
+    assert states == ["downloading", "verifying", "rebooting", "confirmed"], d.output()[-3000:]
+    assert d.boots == 2 and d.exits[:1] == [75]
+    wait_until(lambda: any(s.get("fw") == NEW for s in payloads(ctl, "status")), 5, "status of the new version")
+    d.kill()
+    boot = json.loads(d.files()["boot.json"])
+    assert boot["active"] == "b" and not boot["pending"] and boot["last"]["result"] == "confirmed"
+
+
+def test_corrupt_bundle_is_reported_failed_with_a_sha256_reason(site, www):
+    good = app_bundle(NEW)
+    corrupt = good[:100] + bytes((good[100] ^ 0xFF,)) + good[101:]
+    ctl, d, states = send_ota(site, www, corrupt, digest_of=good)
+    report = payloads(ctl, "ota")[-1]
+    assert states == ["downloading", "failed"]
+    assert report["detail"].startswith("sha256 mismatch: got ") and d.boots == 1
+    d.kill()
+    files = d.files()
+    assert json.loads(files.get("boot.json", b'{"active": "a"}'))["active"] == "a"
+    assert "ota_incoming.bin" not in files
+
+
+def test_a_new_slot_that_crashes_at_import_is_abandoned(site, www, tmp_path):
+    """A bundle whose device module raises at import: the supervisor records
+    the crash and resets; the unconfirmed slot's second boot goes back to
+    slot a, which reports rolled_back naming the crash and announces it."""
+    broken = tmp_path / "device.py"
+    broken.write_text("raise RuntimeError('broken build')\n")
+    subprocess.run([mpy_cross(), "-o", str(tmp_path / "device.mpy"), str(broken)], check=True)
+    bundle = app_bundle(NEW, replace={"device.mpy": (tmp_path / "device.mpy").read_bytes()})
+    ctl, d, states = send_ota(site, www, bundle)
+    assert states == ["downloading", "verifying", "rebooting", "rolled_back"], d.output()[-3000:]
+    detail = payloads(ctl, "ota")[-1]["detail"]
+    assert "slot b was not confirmed after boot; it crashed: RuntimeError: broken build" == detail
+    assert d.boots == 3 and d.exits[:2] == [75, 75]
+    crash = payloads(ctl, "announce")[-1]["crash"]
+    assert crash == {"error": "RuntimeError: broken build", "count": 1, "slot": "b", "uptime_s": 0}
+
+
+def test_every_command_is_answered_and_reboot_reboots(site):
+    ctl = site.watch("controller")
+    d = site.device().start()
+    wait_online(ctl, d)
+    ctl.publish(topic("cmd"), json.dumps({"id": "x-1", "cmd": "dance"}))
+    ctl.publish(topic("cmd"), json.dumps({"id": "r-1", "cmd": "reboot"}))
+    wait_until(lambda: len(payloads(ctl, "cmd/ack")) >= 2, 5, "two answers")
+    wait_online(ctl, d, count=2)
+    answers = payloads(ctl, "cmd/ack")
+    assert answers[0]["id"] == "x-1" and answers[0]["result"] == "rejected" and "unknown command" in answers[0]["detail"]
+    assert answers[1] == {"id": "r-1", "cmd": "reboot", "result": "accepted", "detail": None}
+    assert d.boots == 2 and payloads(ctl, "announce")[-1]["reset_cause"] == "soft"
+
+
+def test_time_from_the_sites_ntp_server(site, ntp_server):
+    tg = site.watch("telegraf", f"site/{SITE}/+/+/state")
+    ntp_server.start()
+    site.device(config={"ntp_server": ntp_server.address}).start()
+    wait_until(lambda: any(json.loads(m.payload)["ts"] for m in tg.messages()), 15, "a timestamped message")
+    stamped = [json.loads(m.payload)["ts"] for m in tg.messages() if json.loads(m.payload)["ts"]]
+    assert abs(stamped[-1] - ntp_server.now()) < 5, (stamped[-1], ntp_server.now())
+    assert ntp_server.queries >= 1
