@@ -88,7 +88,7 @@ def wait_online(client, device, count=1, timeout=15):
 def test_boot_announce_status_and_telemetry_cadence(site):
     ctl = site.watch("controller")
     tg = site.watch("telegraf", f"site/{SITE}/+/+/state")
-    d = site.device().start()
+    d = site.device(config={"ntp_server": f"127.0.0.1:{free_port()}"}).start()  # an NTP server that is not there
     wait_online(ctl, d)
     wait_until(lambda: len(tg.messages()) >= 6, 15, "6 telemetry messages")
     arrivals = [m for m in tg.messages()]
@@ -102,8 +102,6 @@ def test_boot_announce_status_and_telemetry_cadence(site):
     # a fixed 1 s cadence (publish_interval_s 1), measured at the subscriber
     stamps = [s["status"]["uptime_seconds"] for s in state]
     assert all(b - a in (0, 1, 2) for a, b in zip(stamps, stamps[1:])), stamps
-    with_times = [t for t, line in d.lines]  # the process runs in real time
-    assert with_times
     # retained identity and status, for a controller that subscribes later
     late = site.watch("controller")
     wait_until(lambda: payloads(late, "announce") and payloads(late, "status"), 5, "retained announce and status")
