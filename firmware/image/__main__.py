@@ -23,7 +23,7 @@ def main(argv=None):
     p.add_argument("--wifi-ssid")
     p.add_argument("--wifi-password", default="")
     p.add_argument("--tls", action="store_true", help="devices connect with TLS")
-    p.add_argument("--version", default="0.1.0", help="app version written into slot a")
+    p.add_argument("--version", help="app version written into slot a (default: the app's FW_VERSION)")
     p.add_argument("--out", default="images")
     args = p.parse_args(argv)
 
@@ -56,6 +56,10 @@ def main(argv=None):
               "config": fleet.kind_config(kind, mac)}
     wifi = {"ssid": args.wifi_ssid, "password": args.wifi_password} if args.wifi_ssid else None
     try:
+        if args.version is None:
+            import device as app  # firmware/app/device.py (on sys.path through firmware.sim)
+
+            args.version = app.FW_VERSION
         image, report = build_image(base, device, ca, wifi, args.version)
     except BuildError as e:
         p.error(str(e))

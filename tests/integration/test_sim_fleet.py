@@ -148,29 +148,43 @@ def test_outage_buffer_delivers_100_messages_in_order_after_the_broker_returns(s
         b.stop()
         # until the full buffer has dropped some of its oldest messages
         await until(lambda: device.device.buffer.dropped >= 20, 20, "20 buffered messages dropped")
-        seen["buffered"], seen["dropped"] = len(device.device.buffer), device.device.buffer.dropped
-        last_buffered = device.device.seq
+        buf = device.device.buffer
+        seen["buffered"], seen["dropped_at_return"] = len(buf), buf.dropped
+        remove = buf.remove
+
+        def first_flush_noted(seq):  # the drops so far are all before the first message sent from the buffer
+            if "dropped_before_flush" not in seen:
+                seen["dropped_before_flush"] = buf.dropped
+            remove(seq)
+
+        buf.remove = first_flush_noted
         b.start()
-        await until(lambda: len(device.device.buffer) == 0 and device.device.online(), 20, "the buffer sent")
-        await until(lambda: last_buffered in seqs(), 10, "the last buffered message at the subscriber")
+        await until(lambda: len(buf) == 0 and device.device.online(), 20, "the buffer sent")
+        seen["last_buffered"] = device.device.seq
+        await until(lambda: seen["last_buffered"] in seqs(), 10, "the last buffered message at the subscriber")
 
     asyncio.run(run_for(sims, 0, during=scenario))
     received = seqs()
     tg.close()
     assert seen["buffered"] == 100, seen
-    assert seen["dropped"] >= 20, seen
+    assert seen["dropped_at_return"] >= 20, seen
+    dropped = sims[0].device.buffer.dropped
     unique = list(dict.fromkeys(received))  # QoS 1 may deliver a message twice
     assert unique == sorted(unique), "messages arrived out of order"
-    jumps = [(a, b2) for a, b2 in zip(unique, unique[1:]) if b2 != a + 1]
-    # exactly one hole: the oldest messages the full buffer dropped
-    assert len(jumps) == 1, jumps
-    first_kept = jumps[0][1]
-    hole, dropped = first_kept - jumps[0][0] - 1, sims[0].device.buffer.dropped
-    # the message in flight when the broker went down may have reached it
-    # before the connection broke: buffered again, then dropped, yet delivered
-    assert dropped - 1 <= hole <= dropped, (hole, dropped)
-    kept = unique[unique.index(first_kept):]
-    assert kept[:100] == list(range(first_kept, first_kept + 100)), "the 100 buffered messages were not all delivered"
+    # every message from the first to the last is delivered, or was dropped
+    # (oldest first) by the full buffer; the one in flight when the broker
+    # went down may have been both delivered and buffered, then dropped
+    missing = set(range(unique[0], unique[-1] + 1)) - set(unique)
+    assert len(missing) <= dropped, (sorted(missing), dropped)
+    if dropped == seen["dropped_before_flush"]:
+        # the buffer drained faster than the device produced (the usual case):
+        # exactly one hole, and the 100 messages in the buffer when sending
+        # resumed were all delivered, in order
+        jumps = [(a, b2) for a, b2 in zip(unique, unique[1:]) if b2 != a + 1]
+        assert len(jumps) == 1, jumps
+        first_kept = jumps[0][1]
+        kept = unique[unique.index(first_kept):]
+        assert kept[:100] == list(range(first_kept, first_kept + 100)), "the 100 buffered messages were not all delivered"
 
 
 def test_malformed_messages_are_sent_when_injected(site):
