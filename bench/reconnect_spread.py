@@ -24,17 +24,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "pylib"), str(ROOT / "plugins" /
 
 from firmware.sim import fleet  # noqa: E402  (also puts the device modules on sys.path)
 
-import identity  # noqa: E402
 from broker import Broker  # noqa: E402
 
 
 async def measure(count, workdir, settings, label):
-    kinds = ["psu", "oven", "mixer", "fan", "env"]
-    specs = []
-    for i in range(count):
-        mac = "24:0a:c4:%02x:%02x:%02x" % ((i >> 16) & 255, (i >> 8) & 255, i & 255)
-        kind = kinds[i % len(kinds)]
-        specs.append((identity.device_id(kind, mac), kind, mac))
+    specs = fleet.generated_specs(count)
     broker = Broker(workdir / "broker", users={d: "pw" for d, _, _ in specs},
                     extra="max_connections -1\n").start()
     devices = []

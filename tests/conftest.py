@@ -67,3 +67,15 @@ def interp(request):
 def micropython():
     """The MicroPython unix port's path (the test is skipped, with the reason, where there is none)."""
     return _micropython_or_skip()
+
+
+@pytest.fixture
+def www(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving a fresh directory (OTA artifacts)."""
+    from www import Www
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = Www(root)
+    yield server
+    server.close()

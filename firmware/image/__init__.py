@@ -120,6 +120,23 @@ def littlefs_image(files, size):
     return bytes(fs.context.buffer)
 
 
+def read_littlefs(data):
+    """{path: bytes} of every file in a littlefs image built like littlefs_image()."""
+    from littlefs import LittleFS
+
+    fs = LittleFS(block_size=LFS_BLOCK, block_count=len(data) // LFS_BLOCK, read_size=32, prog_size=32,
+                  lookahead_size=32, name_max=255, mount=False)
+    fs.context.buffer[:] = data
+    fs.mount()
+    files = {}
+    for root, _dirs, names in fs.walk("/"):
+        for name in names:
+            path = (root.rstrip("/") + "/" + name).lstrip("/")
+            with fs.open(path, "rb") as f:
+                files[path] = f.read()
+    return files
+
+
 def nvs_image(namespace, entries, size):
     """Per-device NVS with esp-idf-nvs-partition-gen. Values are stored as
     blobs ('binary'): MicroPython's esp32.NVS reads blobs, not NVS strings."""

@@ -13,6 +13,7 @@ import time
 
 import ds18b20
 import pzem
+from boardkit import Fs
 
 from .signals import Signals
 
@@ -31,33 +32,14 @@ class Reboot(BaseException):
     catches Exception, does not swallow it."""
 
 
-class HostFS:
-    """A device's flash filesystem, rooted in a host directory."""
+class HostFS(Fs):
+    """A device's flash filesystem, rooted in a host directory: the ESP32
+    board's own Fs (firmware/app/boardkit.py) on the host's POSIX rename,
+    which, like littlefs, replaces a file atomically."""
 
     def __init__(self, root):
-        self.root = root
         os.makedirs(root, exist_ok=True)
-
-    def path(self, name):
-        return os.path.join(self.root, name.lstrip("/"))
-
-    def open(self, name, mode="r"):
-        return open(self.path(name), mode)
-
-    def exists(self, name):
-        return os.path.exists(self.path(name))
-
-    def listdir(self, name=""):
-        return os.listdir(self.path(name))
-
-    def remove(self, name):
-        os.remove(self.path(name))
-
-    def mkdir(self, name):
-        os.mkdir(self.path(name))
-
-    def rename(self, old, new):
-        os.replace(self.path(old), self.path(new))
+        super().__init__(root)
 
 
 class ModbusBus:

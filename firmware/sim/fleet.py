@@ -148,6 +148,17 @@ class SimDevice:
         await self.power_off()
 
 
+def generated_specs(count, kinds=("psu", "oven", "mixer", "fan", "env"), mac_prefix=(0x24, 0x0A, 0xC4)):
+    """[(device_id, kind, mac)] of *count* devices with MACs counted up after
+    *mac_prefix* and kinds taken in turn (benchmarks and load tests)."""
+    specs = []
+    for i in range(count):
+        mac = ":".join("%02x" % b for b in bytes(mac_prefix) + i.to_bytes(3, "big"))
+        kind = kinds[i % len(kinds)]
+        specs.append((identity.device_id(kind, mac), kind, mac))
+    return specs
+
+
 def assign_faults(devices, seed, **fractions):
     """Give each named fault to that fraction of the devices (chosen by seed)."""
     rng = random.Random(seed)

@@ -205,15 +205,6 @@ def send_ota(site, www, bundle, digest_of=None):
     return ctl, d, [r["state"] for r in payloads(ctl, "ota")]
 
 
-@pytest.fixture
-def www(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    server = Www(root)
-    yield server
-    server.close()
-
-
 def test_app_bundle_ota_is_confirmed(site, www):
     ctl, d, states = send_ota(site, www, app_bundle(NEW))
     assert states == ["downloading", "verifying", "rebooting", "confirmed"], d.output()[-3000:]

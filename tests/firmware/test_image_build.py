@@ -66,20 +66,8 @@ def test_image_layout(built):
 
 
 def read_filesystem(image):
-    from littlefs import LittleFS
-
     vfs = build.partition("vfs")
-    fs = LittleFS(block_size=4096, block_count=vfs[4] // 4096, read_size=32, prog_size=32, lookahead_size=32,
-                  name_max=255, mount=False)
-    fs.context.buffer[:] = image[vfs[3]:vfs[3] + vfs[4]]
-    fs.mount()
-    files = {}
-    for root, _dirs, names in fs.walk("/"):
-        for name in names:
-            path = (root.rstrip("/") + "/" + name).lstrip("/")
-            with fs.open(path, "rb") as f:
-                files[path] = f.read()
-    return files
+    return build.read_littlefs(image[vfs[3]:vfs[3] + vfs[4]])
 
 
 def test_filesystem_holds_the_compiled_app_and_device_files(built, tmp_path):
@@ -174,7 +162,7 @@ def test_the_simulator_runs_the_files_the_image_packs():
     device_dirs = {APP, build.CONTRACT_DIR}
     executed = {p for p in loaded if p.parent in device_dirs}
     packed = {p.resolve() for p in build.app_sources()}
-    board_only = {APP / "board_esp32.py", APP / "main.py", APP / "boardkit.py"}
+    board_only = {APP / "board_esp32.py", APP / "main.py"}
     assert packed == {p.resolve() for p in SOURCES.values()}
     assert executed <= packed, executed - packed
     assert executed == packed - board_only, "packed but never run by the simulator: %s" % (packed - board_only - executed)

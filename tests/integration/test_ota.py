@@ -21,15 +21,6 @@ NEW_VERSION = "0.9.0"
 FINAL = ("confirmed", "failed", "rolled_back")
 
 
-@pytest.fixture
-def www(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    server = Www(root)
-    yield server
-    server.close()
-
-
 def app_bundle():
     files = {"device.py": b"# new app\n", "version.txt": NEW_VERSION.encode()}
     return ota.pack_bundle(NEW_VERSION, files)

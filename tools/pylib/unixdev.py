@@ -46,20 +46,10 @@ def app_bundle(version, replace=None):
 
 
 def read_flash(path):
-    """{path: bytes} of every file in a littlefs image (read on the host)."""
-    from littlefs import LittleFS
+    """{path: bytes} of every file in a littlefs image file (read on the host)."""
+    import firmware.image as image
 
-    fs = LittleFS(block_size=4096, block_count=VFS_SIZE // 4096, read_size=32, prog_size=32, lookahead_size=32,
-                  name_max=255, mount=False)
-    fs.context.buffer[:] = pathlib.Path(path).read_bytes()
-    fs.mount()
-    files = {}
-    for root, _dirs, names in fs.walk("/"):
-        for name in names:
-            p = (root.rstrip("/") + "/" + name).lstrip("/")
-            with fs.open(p, "rb") as f:
-                files[p] = f.read()
-    return files
+    return image.read_littlefs(pathlib.Path(path).read_bytes())
 
 
 class UnixDevice:
