@@ -31,15 +31,17 @@ def make_site(broker, tmp_path):
     b = broker(users=users, acl=render_acl(SITE, [d for d, _, _ in DEVICES]))
 
     def make(specs=DEVICES, time_scale=0.02, initial=None, settings=None):
-        """Simulated devices for *specs*. The watchdog is off unless
-        *settings* turn it on: at these time scales a fraction of a second
-        of real scheduling delay is many device seconds."""
+        """Simulated devices for *specs*. At these time scales a fraction of
+        a second of real scheduling delay is many device seconds, so the
+        watchdog is off unless *settings* turn it on, and the OTA self-test
+        gets 150 device seconds (3 s of real time at the default scale)."""
         sims = []
         for device_id, kind, mac in specs:
             cfg = dict(fleet.kind_config(kind, mac), **(initial or {}))
             root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                    {"host": "127.0.0.1", "port": b.port, "keepalive": 30}, users[device_id],
-                                   initial_config=cfg, settings=dict({"watchdog_s": 0}, **(settings or {})))
+                                   initial_config=cfg,
+                                   settings=dict({"watchdog_s": 0, "selftest_timeout_s": 150}, **(settings or {})))
             sims.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=time_scale))
         return sims
 
