@@ -33,8 +33,9 @@ def hostile_scrapers(port):
     """Two clients that connect and say nothing, and a third: the server
     (limit 2, read deadline 0.5 s) must close the third at once and the
     two idle ones after the deadline."""
+    # the server accepts in connection order and starts their handlers in that
+    # order, so the third is the one over the limit
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
-    time.sleep(0.1)  # both accepted and waiting for a request line
     t0 = time.monotonic()
     third = socket.create_connection(("127.0.0.1", port))
     third.settimeout(2)
