@@ -61,15 +61,14 @@ class _Session:
 class Client:
     def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive=60, will=None,
                  ssl=None, on_message=None, timeout_s=10, max_packet_size=MAX_PACKET_SIZE):
-        # everything that goes into CONNECT is checked here, before any I/O
+        # everything that goes into CONNECT is checked here, before any I/O;
+        # *will* is (topic, payload bytes, qos, retain)
         self._connect_packet = pkt.connect(client_id, keepalive, user, password, will)
         if not 1 <= max_packet_size <= pkt.MAX_REMAINING:
             raise ValueError("max_packet_size must be 1..%d, got %r" % (pkt.MAX_REMAINING, max_packet_size))
         self.client_id = client_id
         self.host, self.port = host, port
-        self.user, self.password = user, password
         self.keepalive = keepalive
-        self.will = will  # (topic, payload, qos, retain)
         self.ssl = ssl
         self.on_message = on_message  # callable(topic, payload, retain)
         self.timeout_s = timeout_s
