@@ -157,6 +157,9 @@ class Esp32Board:
         gc.collect()
         return gc.mem_free()
 
+    def collect_garbage(self):
+        gc.collect()
+
     def log(self, message):
         print(message)
 

@@ -379,6 +379,7 @@ class Device:
             self.sensor_errors += self.aggregator.errors
             self.aggregator.reset()
             self.last = msg
+            self.board.collect_garbage()  # often and early: MicroPython's heap does not compact
             self.seq += 1
             msg["seq"] = self.seq
             payload = json.dumps(msg).encode()

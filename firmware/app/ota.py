@@ -155,11 +155,8 @@ def discard_incoming(fs):
 
 async def _install(device, cmd, report):
     """Download, verify and commit; returns once the next boot runs the update."""
-    import gc
-
     board, fs = device.board, device.fs
     payload, version, url, size, sha256, timeout_s = contract.check_ota_command(cmd)
-    gc.collect()  # start the update on a compacted heap
     await report("downloading")
     if payload == "app":
         slot = bootsel.other(bootsel.load(fs)["active"])
@@ -169,7 +166,7 @@ async def _install(device, cmd, report):
         finally:
             sink.close()
         await report("verifying")
-        gc.collect()
+        board.collect_garbage()
         unpack_bundle(fs, INCOMING, slot)
         fs.remove(INCOMING)
         # the commit point: the next boot runs the new slot, pending its self-test
@@ -201,14 +198,13 @@ async def run(device, cmd):
     async def report(state, detail=None):
         await device.publish_json("ota", contract.ota_report(cmd_id, state, version, detail))
 
+    device.board.collect_garbage()  # start the update with the garbage gone
     try:
         await _install(device, cmd, report)
     except Exception as e:  # OtaError, HttpError, ContractError, OSError, MemoryError, a lost session ...
         discard_incoming(device.fs)
         if isinstance(e, MemoryError):
-            import gc
-
-            gc.collect()
+            device.board.collect_garbage()  # room to report it
             detail = "out of memory during the update"
         else:
             detail = str(e) or type(e).__name__

@@ -3,9 +3,10 @@ port with a heap of HEAP_KIB (``-X heapsize``), the unchanged app booted
 from the flash image completes a full cycle: telemetry, a cfg applied, a
 /metrics scrape and a 64 KiB app-bundle OTA to ``confirmed``.
 
-HEAP_KIB is the smallest heap at which bench/mpy_heap.py saw the cycle
-complete 10 times out of 10, plus one 8 KiB step (below that the edge is
-noisy: the heap fragments). A change that needs more memory fails here.
+HEAP_KIB sits above the noisy edge that bench/mpy_heap.py finds (below it,
+whether a cycle completes depends on how the heap happened to fragment), so
+this test fails on a change that needs more memory, not on fragmentation
+luck.
 docs/firmware.md says what this means for an ESP32 (4-byte words where the
 unix port has 8) and docs/benchmarks.md has the measurements."""
 
@@ -13,7 +14,7 @@ import heapcycle
 from roleacl import render_acl
 from www import Www
 
-HEAP_KIB = 216
+HEAP_KIB = 224
 
 
 def test_full_cycle_fits_the_heap_budget(broker, micropython, tmp_path):

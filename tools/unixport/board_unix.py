@@ -109,6 +109,9 @@ class UnixBoard:
         gc.collect()
         return gc.mem_free()
 
+    def collect_garbage(self):
+        gc.collect()
+
     def log(self, message):
         log(message)
 
