@@ -8,7 +8,6 @@ MicroPython's unix port on its littlefs driver).
 """
 
 import asyncio
-import gc
 import json
 import os
 import random
@@ -17,7 +16,7 @@ import time
 import esp32
 import machine
 import network
-from boardkit import Fs, Uptime
+from boardkit import Fs, Heap, Uptime
 
 EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0  # older MicroPython on ESP32 counts from 2000
 VALID_AFTER = 1735689600  # 2025-01-01: an RTC before that was never set
@@ -88,7 +87,7 @@ class PartitionWriter:
         return self.part.info()[4]
 
 
-class Esp32Board:
+class Esp32Board(Heap):
     def __init__(self):
         self.fs = Fs("/")
         self.uptime = Uptime(time.ticks_ms, time.ticks_diff)
@@ -152,13 +151,6 @@ class Esp32Board:
 
     def chip(self):
         return os.uname().machine
-
-    def free_heap(self):
-        gc.collect()
-        return gc.mem_free()
-
-    def collect_garbage(self):
-        gc.collect()
 
     def log(self, message):
         print(message)

@@ -1,5 +1,5 @@
 """Parts of a MicroPython board layer that are not hardware: the flash
-filesystem and a wrap-free uptime. ``board_esp32`` uses them on a device;
+filesystem, a wrap-free uptime and the heap. ``board_esp32`` uses them on a device;
 the tests run them under MicroPython's unix port, on MicroPython's own
 littlefs driver (VfsLfs2), against the same expectations as the simulator's
 host filesystem.
@@ -8,7 +8,19 @@ This module sits at the filesystem root next to main.py (it is not part of
 an app slot, so an app update can never break it).
 """
 
+import gc
 import os
+
+
+class Heap:
+    """The board methods about MicroPython's heap (a base class of boards)."""
+
+    def free_heap(self):
+        gc.collect()
+        return gc.mem_free()
+
+    def collect_garbage(self):
+        gc.collect()
 
 
 class Fs:

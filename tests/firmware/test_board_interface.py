@@ -27,10 +27,22 @@ def used_board_attributes():
     return used
 
 
+BOARDKIT = APP / "boardkit.py"
+
+
 def provided(path, class_name):
+    """Methods and self-attributes of the class, with those of its bases
+    (found in the same file or in boardkit, where boards share code)."""
     tree = ast.parse(pathlib.Path(path).read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+    found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    if not found:
+        assert path != BOARDKIT, f"no class {class_name} in {path} or {BOARDKIT}"
+        return provided(BOARDKIT, class_name)
+    cls = found[0]
     names = {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    for base in cls.bases:
+        if isinstance(base, ast.Name):
+            names |= provided(path, base.id)
     for node in ast.walk(cls):
         if isinstance(node, ast.Assign):
             for target in node.targets:

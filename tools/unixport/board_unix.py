@@ -19,13 +19,12 @@ tools/pylib/unixdev.py.
 """
 
 import asyncio
-import gc
 import os
 import random
 import sys
 import time
 
-from boardkit import Fs, Uptime
+from boardkit import Fs, Heap, Uptime
 
 RESET_EXIT_CODE = 75
 Y2000 = 946684800
@@ -58,7 +57,7 @@ class Modbus:
         return pzem.with_crc(bytes((address, 4, len(data))) + data)
 
 
-class UnixBoard:
+class UnixBoard(Heap):
     def __init__(self, root="/flash"):
         self.fs = Fs(root)
         self.scale = float(env("EF_TIME_SCALE", "1"))
@@ -104,13 +103,6 @@ class UnixBoard:
 
     def chip(self):
         return "MicroPython unix port (test board)"
-
-    def free_heap(self):
-        gc.collect()
-        return gc.mem_free()
-
-    def collect_garbage(self):
-        gc.collect()
 
     def log(self, message):
         log(message)
