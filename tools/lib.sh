@@ -17,8 +17,11 @@ apt_install() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get update -qq || return 1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || {
+    echo "apt-get install ${missing[*]} failed" >&2
+    return 1
+  }
 }
 
 ensure_venv() {
@@ -28,12 +31,19 @@ ensure_venv() {
   local want
   want=$(sha256sum "$EDGEFLEET_ROOT/requirements.txt" | cut -d' ' -f1)
   if [ ! -x "$VENV/bin/python" ]; then
+    # Debian's python3 has no venv/ensurepip until python3-venv is installed.
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+      apt_install python3-venv || return 1
+    fi
     log "creating virtualenv $VENV"
-    python3 -m venv "$VENV"
+    python3 -m venv "$VENV" || { rm -rf "$VENV"; return 1; }
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing pinned Python dependencies"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$EDGEFLEET_ROOT/requirements.txt"
+    # The stamp is written only after a complete install: a failed or
+    # interrupted pip run is retried next time instead of passing.
+    rm -f "$stamp"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$EDGEFLEET_ROOT/requirements.txt" || return 1
     echo "$want" >"$stamp"
   fi
   export PATH="$VENV/bin:$PATH"
@@ -42,7 +52,7 @@ ensure_venv() {
 
 ensure_docker() {
   # Debian's docker.io engine; started by hand when no init system runs it.
-  apt_install docker.io debootstrap
+  apt_install docker.io debootstrap || return 1
   if docker info >/dev/null 2>&1; then return 0; fi
   if [ -d /run/systemd/system ]; then
     systemctl start docker || true
@@ -66,11 +76,39 @@ ensure_image() {
   bash "$EDGEFLEET_ROOT/molecule/images/build-debian12-systemd.sh" "$@"
 }
 
+free_port() {
+  # A TCP port that nothing on 127.0.0.1 listens on right now.
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+molecule_run_env() {
+  # Each run gets its own container names, published ports and Molecule
+  # state directory, so two checkouts (or two runs) never touch each other's
+  # instances. The checkout prefix lets a later run of this checkout clean up
+  # what a killed run of it left behind.
+  EDGEFLEET_CHECKOUT_ID=$(printf '%s' "$EDGEFLEET_ROOT" | sha256sum | cut -c1-8)
+  EDGEFLEET_RUN_ID=${EDGEFLEET_RUN_ID:-$EDGEFLEET_CHECKOUT_ID-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')}
+  EDGEFLEET_TEST_MQTT_PORT=${EDGEFLEET_TEST_MQTT_PORT:-$(free_port)}
+  EDGEFLEET_TEST_MQTTS_PORT=${EDGEFLEET_TEST_MQTTS_PORT:-$(free_port)}
+  export EDGEFLEET_CHECKOUT_ID EDGEFLEET_RUN_ID EDGEFLEET_TEST_MQTT_PORT EDGEFLEET_TEST_MQTTS_PORT
+}
+
+molecule_scenario() {
+  # molecule_scenario SCENARIO ARGS...: molecule with this run's own state directory.
+  local scenario=$1; shift
+  MOLECULE_EPHEMERAL_DIRECTORY="$(molecule_state_dir)/$scenario" \
+    molecule "$@" -s "$scenario"
+}
+
+molecule_state_dir() {
+  echo "${XDG_CACHE_HOME:-$HOME/.cache}/edgefleet/molecule/$EDGEFLEET_RUN_ID"
+}
+
 remove_stale_instances() {
-  # Molecule keeps its state per checkout; an instance left by an earlier run
-  # from another checkout (or a killed run) would be reused with old state.
+  # Instances that an earlier, killed run of this checkout left behind;
+  # other checkouts' instances are never touched.
   local ids
-  ids=$(docker ps -aq --filter label=owner=molecule --filter name='^edgefleet-')
+  ids=$(docker ps -aq --filter label=owner=molecule --filter name="^edgefleet-$EDGEFLEET_CHECKOUT_ID-")
   if [ -n "$ids" ]; then
     log "removing stale Molecule instances: $(docker inspect -f '{{.Name}}' $ids | tr -d / | tr '\n' ' ')"
     docker rm -f $ids >/dev/null

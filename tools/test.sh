@@ -49,6 +49,8 @@ setup() {
   stage "container engine (docker.io, dockerd)" ensure_docker || return 1
   stage "base image $EDGEFLEET_IMAGE" ensure_image || return 1
   stage "test dependencies (Debian mosquitto for integration tests)" apt_install mosquitto || return 1
+  molecule_run_env
+  log "run $EDGEFLEET_RUN_ID: test ports 127.0.0.1:$EDGEFLEET_TEST_MQTT_PORT (MQTT), :$EDGEFLEET_TEST_MQTTS_PORT (TLS)"
   remove_stale_instances
 }
 
@@ -56,7 +58,7 @@ if [ "${1:-}" = "--arm64" ]; then
   export EDGEFLEET_IMAGE=edgefleet/debian12-systemd:arm64
   if setup && stage "base image (arm64)" ensure_image arm64; then
     EDGEFLEET_ARCH=arm64 \
-      stage "molecule mosquitto on arm64 (qemu)" molecule test -s mosquitto
+      stage "molecule mosquitto on arm64 (qemu)" molecule_scenario mosquitto test
   fi
   summary
   [ $failed -eq 0 ]
@@ -69,8 +71,9 @@ if setup; then
   stage "pytest" python -m pytest
   for scenario_file in molecule/*/molecule.yml; do
     scenario=$(basename "$(dirname "$scenario_file")")
-    stage "molecule test -s $scenario" molecule test -s "$scenario"
+    stage "molecule test -s $scenario" molecule_scenario "$scenario" test
   done
 fi
+[ -n "${EDGEFLEET_RUN_ID:-}" ] && rm -rf "$(molecule_state_dir)"
 summary
 [ $failed -eq 0 ]
