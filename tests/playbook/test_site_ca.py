@@ -1,0 +1,156 @@
+"""The site_ca role with real community.crypto on the Ansible controller
+(it never touches a target): renewal before expiry, reissue on a key change,
+a CA key that is never replaced, early CA expiry checks, required site
+variables. Each case runs ansible-playbook for real and reads the files it
+left; lifetimes are short so that renewal happens without a fake clock."""
+
+import datetime
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PLAYBOOK = """
+- name: Site CA only
+  hosts: controller
+  gather_facts: false
+  roles:
+    - role: site_ca
+"""
+
+
+class Site:
+    def __init__(self, tmp_path):
+        self.dir = tmp_path
+        self.secrets = tmp_path / "secrets"
+        self.ca = self.secrets / "ca"
+        self.server_crt = self.ca / "servers" / "ctl01.crt"
+        self.server_key = self.ca / "servers" / "ctl01.key"
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "site.yml").write_text(PLAYBOOK)
+
+    def inventory(self, site=True, secrets=True):
+        host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+        if site:
+            host["edgefleet_site"] = "plant"
+        if secrets:
+            host["edgefleet_secrets_dir"] = str(self.secrets)
+        inv = self.dir / "hosts.yml"
+        inv.write_text("all:\n  children:\n    controller:\n      hosts:\n        ctl01:\n"
+                       + "".join(f"          {k}: '{v}'\n" for k, v in host.items()))
+        return inv
+
+    def play(self, *extra, ok=True, **inventory):
+        run = subprocess.run([str(pathlib.Path(sys.executable).parent / "ansible-playbook"), "-i",
+                              str(self.inventory(**inventory)), str(self.dir / "site.yml"), *extra],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT,
+                             env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": "/usr/bin:/bin",
+                                  "ANSIBLE_NOCOLOR": "1", "HOME": str(self.dir)})
+        if ok:
+            assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+        else:
+            assert run.returncode != 0, "the play passed: " + run.stdout[-2000:]
+        return run
+
+    @staticmethod
+    def changed(run):
+        return int(re.search(r"ctl01\s+: ok=\d+\s+changed=(\d+)", run.stdout).group(1))
+
+    def cert(self, path=None):
+        return x509.load_pem_x509_certificate((path or self.server_crt).read_bytes())
+
+
+def days_left(cert):
+    return (cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)).days
+
+
+def public_bytes(obj):
+    return obj.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def key_public_bytes(path):
+    return public_bytes(serialization.load_pem_private_key(path.read_bytes(), None))
+
+
+@pytest.fixture
+def site(tmp_path):
+    return Site(tmp_path)
+
+
+def test_server_certificate_is_renewed_before_expiry_then_left_alone(site):
+    site.play("-e", "site_ca_server_valid_for=+20d", "-e", "site_ca_server_renew_before_days=10")
+    first = site.cert()
+    assert 18 <= days_left(first) <= 20
+    again = site.play("-e", "site_ca_server_valid_for=+20d", "-e", "site_ca_server_renew_before_days=10")
+    assert site.changed(again) == 0 and site.cert().serial_number == first.serial_number
+
+    # 20 days left, renewal window now 25 days: reissued for the new lifetime
+    renewed = site.play("-e", "site_ca_server_valid_for=+40d", "-e", "site_ca_server_renew_before_days=25")
+    assert "expires on" in renewed.stdout and "within 25 days" in renewed.stdout
+    second = site.cert()
+    assert second.serial_number != first.serial_number and 38 <= days_left(second) <= 40
+    assert public_bytes(second) == key_public_bytes(site.server_key)
+    idle = site.play("-e", "site_ca_server_valid_for=+40d", "-e", "site_ca_server_renew_before_days=25")
+    assert site.changed(idle) == 0 and site.cert().serial_number == second.serial_number
+
+
+def test_a_lifetime_shorter_than_the_renewal_window_is_refused(site):
+    run = site.play("-e", "site_ca_server_valid_for=+20d", ok=False)  # default window: 30 days
+    assert "site_ca_server_valid_for '+20d'" in run.stdout and "site_ca_server_renew_before_days (30)" in run.stdout
+    assert not site.ca.exists(), "something was created before the check"
+
+
+def test_curve_change_reissues_the_server_certificate_and_keeps_the_ca_key(site):
+    site.play()
+    ca_key = (site.ca / "ca.key").read_bytes()
+    ca_crt = (site.ca / "ca.crt").read_bytes()
+    old = site.cert()
+    run = site.play("-e", "site_ca_key_curve=secp384r1")
+    assert (site.ca / "ca.key").read_bytes() == ca_key and (site.ca / "ca.crt").read_bytes() == ca_crt
+    assert "WARNING: site_ca_key_curve is secp384r1 but the existing site CA key" in run.stdout
+    new = site.cert()
+    assert new.serial_number != old.serial_number and "it does not match its key" in run.stdout
+    assert new.public_key().curve.name == "secp384r1"
+    assert public_bytes(new) == key_public_bytes(site.server_key)
+    assert list((site.ca / "servers").glob("ctl01.key.*~")), "no backup of the replaced server key"
+    assert site.changed(site.play("-e", "site_ca_key_curve=secp384r1")) == 0
+
+
+def test_a_regenerated_server_key_gets_a_new_certificate(site):
+    site.play()
+    site.server_key.unlink()
+    run = site.play()
+    assert "it does not match its key" in run.stdout
+    assert public_bytes(site.cert()) == key_public_bytes(site.server_key)
+
+
+def test_a_replaced_ca_key_stops_the_play_before_anything_is_signed(site):
+    site.play()
+    other = Site(site.dir / "other")
+    other.play()
+    (site.ca / "ca.key").write_bytes((other.ca / "ca.key").read_bytes())
+    site.server_crt.unlink()  # a certificate would be issued now, if the pair were not checked first
+    run = site.play(ok=False)
+    assert "ca.crt was not made from" in run.stdout
+    assert not site.server_crt.exists()
+
+
+def test_ca_expiry_warns_early_and_fails_when_it_would_outlive_its_ca(site):
+    site.play("-e", "site_ca_valid_for=+60d")
+    warn = site.play()  # 60 days left, warning window 365 days
+    assert "WARNING: the site CA" in warn.stdout and "expires on" in warn.stdout
+    fail = site.play("-e", "site_ca_server_renew_before_days=90", "-e", "site_ca_server_valid_for=+120d", ok=False)
+    assert "within site_ca_server_renew_before_days (90)" in fail.stdout
+
+
+@pytest.mark.parametrize("missing", ["site", "secrets"])
+def test_site_variables_are_required(site, missing):
+    run = site.play(ok=False, **{missing: False})
+    name = {"site": "edgefleet_site", "secrets": "edgefleet_secrets_dir"}[missing]
+    assert f"{name} is not set for host ctl01 in inventory {site.dir / 'hosts.yml'}" in run.stdout
+    assert not site.secrets.exists(), "something was created before the check"
