@@ -22,7 +22,9 @@ def main(argv=None):
     p.add_argument("--secrets", help="secrets directory (default: secrets/<site>)")
     p.add_argument("--wifi-ssid")
     p.add_argument("--wifi-password", default="")
-    p.add_argument("--tls", action="store_true", help="devices connect with TLS")
+    p.add_argument("--plain", action="store_true",
+                   help="devices connect without TLS, to edgefleet_broker_port (default: TLS to edgefleet_broker_tls_port,"
+                        " trusting the site CA); only for sites that opted their plain listener into the LAN")
     p.add_argument("--version", help="app version written into slot a (default: the app's FW_VERSION)")
     p.add_argument("--out", default="images")
     args = p.parse_args(argv)
@@ -34,7 +36,11 @@ def main(argv=None):
     if not match:
         p.error("device %s is not in inventory %s" % (args.device, args.inventory))
     device_id, kind, mac = match[0]
-    site = site_vars.get("edgefleet_site", "lab")
+    site = site_vars.get("edgefleet_site")
+    if not site:
+        p.error("edgefleet_site is not set in inventory %s (group_vars/all): it names the site in every topic"
+                % args.inventory)
+    tls = not args.plain
     secrets = args.secrets or os.path.join("secrets", site)
     try:
         with open(os.path.join(secrets, "mqtt", device_id)) as f:
@@ -42,14 +48,15 @@ def main(argv=None):
         with open(args.micropython, "rb") as f:
             base = f.read()
         ca = None
-        if args.tls:
+        if tls:
             with open(os.path.join(secrets, "ca", "ca.crt"), "rb") as f:
                 ca = f.read()
     except OSError as e:
         p.error(str(e))
     broker = {"host": site_vars.get("edgefleet_broker_host"),
-              "port": int(site_vars.get("edgefleet_broker_tls_port" if args.tls else "edgefleet_broker_port", 1883)),
-              "tls": args.tls}
+              "port": int(site_vars.get("edgefleet_broker_tls_port", 8883) if tls
+                          else site_vars.get("edgefleet_broker_port", 1883)),
+              "tls": tls}
     if ca:
         broker["ca"] = "ca.crt"
     device = {"id": device_id, "kind": kind, "site": site, "broker": broker, "password": password,

@@ -255,12 +255,17 @@ def test_broken_candidate_is_refused_and_live_broker_untouched(host, connect):
     connect(DEVICE_A)
 
 
-def converge(*extra):
-    """Re-run the scenario's converge playbook; return its output."""
+def run_converge(*extra, env=None):
+    """Run the scenario's converge playbook (site.yml) again; return the finished process."""
     inventory = pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     playbook = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml"
-    run = subprocess.run(["ansible-playbook", "-i", str(inventory), str(playbook), *extra], capture_output=True,
-                         text=True, timeout=900)
+    return subprocess.run(["ansible-playbook", "-i", str(inventory), str(playbook), *extra], capture_output=True,
+                          text=True, timeout=900, env=dict(os.environ, **(env or {})))
+
+
+def converge(*extra):
+    """Re-run the scenario's converge playbook; return its output (it must pass)."""
+    run = run_converge(*extra)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return run.stdout
 
@@ -287,3 +292,52 @@ def test_password_change_is_applied_on_the_next_run(password, secrets_dir, conne
         rc = c.connect()
         assert rc is not None and rc.is_failure, "old password still accepted"
     connect(DEVICE_A, pw=new)
+
+
+def test_tags_of_one_role_work_on_a_tls_site_and_drift_is_corrected(host, connect, secrets_dir):
+    """--tags broker runs the broker role with the site CA it depends on; the
+    same run puts back modes and owners changed by hand, without a restart."""
+    host.run_expect([0], "chmod 0666 /etc/mosquitto/edgefleet.acl && chown root:root /etc/mosquitto/edgefleet.passwd"
+                         " && chmod 0600 /etc/systemd/system/mosquitto.service.d/edgefleet.conf")
+    out = converge("--tags", "broker")
+    assert "site_ca : Publish the certificate paths" in out, "site_ca did not run under --tags broker"
+    assert "Restart mosquitto" not in out and "Reload mosquitto" not in out
+    acl, passwd = host.file("/etc/mosquitto/edgefleet.acl"), host.file("/etc/mosquitto/edgefleet.passwd")
+    assert acl.mode == 0o640 and acl.group == "mosquitto"
+    assert passwd.mode == 0o640 and passwd.group == "mosquitto"
+    assert host.file("/etc/systemd/system/mosquitto.service.d/edgefleet.conf").mode == 0o644
+    connect("controller", port=TLS_PORT, ca_file=str(secrets_dir / "ca" / "ca.crt"))
+
+
+NEW_DEVICE = "fan-edez6pps"
+
+
+def test_change_left_unapplied_by_an_interrupted_play_is_applied_next_run(host, tmp_path, secrets_dir):
+    """A new device is added; the play is killed right after the password
+    file and the ACL are copied into place, before the reload handler. The
+    running broker still does not know the device. The next run finds live
+    and staged files equal, and must still reload."""
+    extra = tmp_path / "new-device.yml"
+    extra.write_text("all:\n  children:\n    fleet:\n      hosts:\n"
+                     f"        {NEW_DEVICE}: {{device_mac: '24:0a:c4:12:34:31'}}\n")
+    callbacks = pathlib.Path(__file__).parent / "callbacks"
+    env = {"ANSIBLE_CALLBACK_PLUGINS": str(callbacks), "ANSIBLE_CALLBACKS_ENABLED": "interrupt",
+           "EDGEFLEET_INTERRUPT_AFTER": "mosquitto : Install the proven files"}
+    # the scenario's last test: the extra device stays until the instance is destroyed
+    killed = run_converge("-i", str(extra), env=env)
+    assert killed.returncode == -9, f"the play was not interrupted: rc {killed.returncode}"
+    assert "interrupting the play after" in killed.stdout
+    assert "RUNNING HANDLER" not in killed.stdout
+    assert f"{NEW_DEVICE}:" in host.file("/etc/mosquitto/edgefleet.passwd").content_string
+    password = (secrets_dir / "mqtt" / NEW_DEVICE).read_text().strip()
+    with Client(PLAIN_PORT, user=NEW_DEVICE, password=password) as c:
+        rc = c.connect()
+        assert rc is not None and rc.is_failure, "the broker knew the device before any reload"
+
+    out = converge("-i", str(extra))
+    assert "Reload mosquitto" in out, "the next run did not apply the change the interrupted run installed"
+    with Client(PLAIN_PORT, user=NEW_DEVICE, password=password) as c:
+        c.connect_ok()
+    assert not host.file("/var/lib/edgefleet/mosquitto.reload-pending").exists
+    out = converge("-i", str(extra))
+    assert "Reload mosquitto" not in out and "Restart mosquitto" not in out, "the change was applied twice"
