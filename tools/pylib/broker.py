@@ -57,7 +57,7 @@ class Broker:
 
     def start(self, timeout=10):
         conf = self._write_config()
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = self._popen(conf)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -68,6 +68,9 @@ class Broker:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout}s")
+
+    def _popen(self, conf):
+        return subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def pause(self):
         os.kill(self.proc.pid, signal.SIGSTOP)

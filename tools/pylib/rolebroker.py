@@ -1,0 +1,115 @@
+"""The broker exactly as the mosquitto role configures it, run on this
+machine's Debian Mosquitto for tests and benchmarks.
+
+The role's mosquitto.conf is rendered from its template with its defaults
+(roleacl.render_conf), then rewritten by the role's own candidate checker
+(roles/mosquitto/files/mosquitto-check-config: listeners moved to 127.0.0.1
+ports, persistence in a directory of ours). Every limit, the persistence and
+autosave settings, the password file format and the ACL stay the role's.
+Three things differ, and each is said here: the broker runs as the test's
+user (``user root`` instead of ``mosquitto``, so it can write the temporary
+directory), logs to a file in that directory, and gets the file-descriptor
+limit the role's systemd drop-in sets (``mosquitto_limit_nofile``) through
+setrlimit, capped at this process's hard limit (20,000 on the test machine:
+plenty for 5,000 clients). The TLS listener is left out unless *tls* material is given.
+
+``stock=True`` gives Mosquitto with its own defaults instead (same users,
+same ACL, same listener, persistence on so restarts compare like with like,
+and the soft fd limit systemd gives a unit that sets none: 1024), so
+benchmarks can show the role's tuning as a ratio."""
+
+import importlib.machinery
+import importlib.util
+import pathlib
+import resource
+import subprocess
+
+from broker import MOSQUITTO, Broker, free_port
+from edgefleet import mosquitto_passwd_hash
+from roleacl import ROLE, render_acl, render_conf, role_context
+
+_loader = importlib.machinery.SourceFileLoader("mosquitto_check_config", str(ROLE / "files" / "mosquitto-check-config"))
+_spec = importlib.util.spec_from_loader(_loader.name, _loader)
+checker = importlib.util.module_from_spec(_spec)
+_loader.exec_module(checker)
+
+SYSTEMD_DEFAULT_NOFILE = 1024
+
+
+class RoleBroker(Broker):
+    """RoleBroker(workdir, site, users={user: password}, overrides={role var: value}).
+
+    Device users (``<kind>-<short8>``) get the role's per-device ACL; the
+    service users (telegraf, exporter, controller) get theirs. Ports stay the
+    same across stop()/start(), and so does the persistence directory: a
+    restart is a real restart of the same broker."""
+
+    def __init__(self, workdir, site, users, overrides=None, tls=None, stock=False):
+        super().__init__(workdir, users=users, tls=tls)
+        self.site = site
+        self.stock = stock
+        services = [u["name"] for u in role_context(site, [])["mosquitto_service_users"]]
+        self.devices = sorted(u for u in self.users if u not in services)
+        self.overrides = dict(overrides or {})
+        if not tls:
+            self.overrides["mosquitto_tls_enabled"] = False
+        self.context = role_context(site, self.devices, self.overrides)
+        self.persistence = self.dir / "persistence"
+        self.persistence.mkdir(exist_ok=True)
+        self.nofile = SYSTEMD_DEFAULT_NOFILE if stock else int(self.context["mosquitto_limit_nofile"])
+
+    def _write_config(self):
+        ctx = self.context
+        pw, acl = self.dir / "passwd", self.dir / "acl"
+        pw.write_text("".join(f"{u}:{mosquitto_passwd_hash(p, u, 'test', ctx['mosquitto_password_iterations'])}\n"
+                              for u, p in self.users.items()))
+        acl.write_text(render_acl(self.site, self.devices))
+        if self.stock:
+            lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous false", f"password_file {pw}",
+                     f"acl_file {acl}", "persistence true", f"persistence_location {self.persistence}/"]
+        else:
+            ports = iter([self.port, self.tls_port])
+            path_map = {ctx["_mosquitto_passwd"]: str(pw), ctx["_mosquitto_acl"]: str(acl)}
+            if self.tls:
+                path_map.update({ctx["_mosquitto_ca"]: self.tls["ca"], ctx["_mosquitto_cert"]: self.tls["cert"],
+                                 ctx["_mosquitto_key"]: self.tls["key"]})
+            lines, _ = checker.rewrite(render_conf(self.site, self.devices, self.overrides).splitlines(), path_map,
+                                       str(self.persistence), port_source=lambda: next(ports))
+            lines = ["user root" if line.startswith("user ") else line for line in lines if line != "log_dest stderr"]
+        lines.append(f"log_dest file {self.log}")  # log types stay the role's (or stock's) own
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def _popen(self, conf):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        soft = self.nofile if hard == resource.RLIM_INFINITY else min(self.nofile, hard)
+
+        def limits():  # the soft limit only: raising the hard one needs CAP_SYS_RESOURCE
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        return subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=limits)
+
+    def kill(self):
+        """A power cut: SIGKILL, so nothing is saved that autosave had not saved."""
+        if self.proc and self.proc.poll() is None:
+            self.resume()
+            self.proc.kill()
+            self.proc.wait()
+
+    def rss_kib(self):
+        """The broker's resident set size now, from /proc (KiB)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self):
+        """User + system CPU seconds the broker has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / 100.0
+
+
+__all__ = ["RoleBroker", "free_port", "checker"]
