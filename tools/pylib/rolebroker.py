@@ -65,7 +65,7 @@ class RoleBroker(Broker):
                               for u, p in self.users.items()))
         acl.write_text(render_acl(self.site, self.devices))
         if self.stock:
-            lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous false", f"password_file {pw}",
+            lines = ["user root", f"listener {self.port} 127.0.0.1", "allow_anonymous false", f"password_file {pw}",
                      f"acl_file {acl}", "persistence true", f"persistence_location {self.persistence}/"]
         else:
             ports = iter([self.port, self.tls_port])
