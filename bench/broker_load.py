@@ -114,7 +114,6 @@ import os
 import pathlib
 import platform
 import re
-import resource
 import secrets
 import signal
 import subprocess
@@ -130,6 +129,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "pylib"), str(ROOT / "plugins" /
 from firmware.sim import fleet  # noqa: E402
 
 import mqttwire  # noqa: E402
+import procstat  # noqa: E402
 from broker import MOSQUITTO  # noqa: E402
 from rolebroker import RoleBroker  # noqa: E402
 
@@ -146,17 +146,6 @@ HEAD_RE = re.compile(rb'\{"device_id": "([^"]+)", "ts": ([0-9.]+), "seq": (\d+)'
 
 
 # ---------------------------------------------------------------- /proc helpers
-
-def proc_cpu_seconds(pid):
-    """(user, system) CPU seconds of process *pid* ((0.0, 0.0) when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0, 0.0
-    hz = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / hz, int(fields[12]) / hz
-
 
 def run_queue_wait(pid):
     """Seconds task *pid* has spent runnable but waiting for a CPU
@@ -198,13 +187,6 @@ def machine_info():
                             text=True, timeout=10).stdout.strip()
     return {"cores": os.cpu_count(), "cpu": model, "mosquitto": version, "python": platform.python_version(),
             "kernel": platform.release(), "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-
-
-def raise_fd_limit():
-    """Soft fd limit up to the hard one (5,000 sockets in one generator)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def percentile(sorted_values, q):
@@ -307,7 +289,7 @@ def child_entry(main_coro):
     dying silently."""
     def run(conn, spec):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked from main(), which turns SIGTERM into an exit
-        raise_fd_limit()
+        procstat.raise_fd_limit()
         try:
             asyncio.run(main_coro(conn, spec))
         except Exception as exc:  # noqa: BLE001  (reported to the parent, which raises)
@@ -696,7 +678,8 @@ class MqttSession(asyncio.BufferedProtocol):
                 self.ready.set_result(granted)
 
     def on_publish(self, data, topic_start, topic_end, payload_start, payload_end):
-        raise NotImplementedError
+        """Handle one PUBLISH: every session kind (TelemetrySink, SysMonitor) overrides this."""
+        raise NotImplementedError(f"{type(self).__name__} must handle PUBLISH")
 
     def ping(self):
         if not self.closed:
@@ -861,8 +844,8 @@ class Sampler:
 
     def snapshot(self):
         pids = {"broker": self.broker.proc.pid, **{name: w.pid for name, w in self.workers.items()}}
-        return {"t": time.monotonic(), "broker": proc_cpu_seconds(self.broker.proc.pid),
-                "workers": {name: proc_cpu_seconds(w.pid) for name, w in self.workers.items()},
+        return {"t": time.monotonic(), "broker": procstat.cpu_seconds(self.broker.proc.pid),
+                "workers": {name: procstat.cpu_seconds(w.pid) for name, w in self.workers.items()},
                 "wait": {name: run_queue_wait(pid) for name, pid in pids.items()},
                 "system": system_cpu(), "loadavg": loadavg()}
 
@@ -1244,7 +1227,7 @@ def _terminate(signum, frame):
 def main(argv=None):
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    raise_fd_limit()
+    procstat.raise_fd_limit()
     machine = machine_info()
     specs_all = fleet.generated_specs(max(args.connections))
     t0 = time.monotonic()

@@ -16,7 +16,6 @@ Markdown row per reconnect policy: the firmware's defaults and, with
 """
 
 import argparse
-import asyncio
 import pathlib
 import sys
 import tempfile
@@ -24,17 +23,8 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "pylib"), str(ROOT / "plugins" / "filter")]
 
-from rolebroker import RoleBroker  # noqa: E402
-from storm import SITE, run_storm, specs_and_users  # noqa: E402
-
-
-def measure(count, settings, workdir):
-    specs, users = specs_and_users(count)
-    broker = RoleBroker(workdir / "broker", SITE, users).start()
-    try:
-        return asyncio.run(run_storm(broker, specs, workdir, settings))
-    finally:
-        broker.stop()
+import procstat  # noqa: E402
+import storm  # noqa: E402
 
 
 def main():
@@ -42,10 +32,7 @@ def main():
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--compare", action="store_true", help="also run the previous firmware's reconnect policy")
     args = p.parse_args()
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    procstat.raise_fd_limit()
     configs = [("firmware defaults (spread 40 s, base 2 s, cap 120 s)", {})]
     if args.compare:
         configs.append(("previous firmware (first retry in 0-1 s, base 1 s, cap 60 s)",
@@ -55,7 +42,7 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, settings in configs:
         with tempfile.TemporaryDirectory() as tmp:
-            r = measure(args.devices, settings, pathlib.Path(tmp))
+            r = storm.measure(args.devices, pathlib.Path(tmp), settings)
         print(f"| {label} | {r['back']}/{r['devices']} | {r['restart_s']:.2f} | {r['first']:.1f} | {r['p50']:.1f} "
               f"| {r['p95']:.1f} | {r['last']:.1f} | {r['peak_cps']} | {r['rss_before_mib']:.1f} / "
               f"{r['rss_peak_mib']:.1f} | {r['rtt_p50_ms']:.1f} / {r['rtt_p99_ms']:.1f} / {r['rtt_max_ms']:.1f} "

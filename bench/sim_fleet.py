@@ -17,7 +17,6 @@ import asyncio
 import os
 import pathlib
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "pylib"), str(ROOT / "plugins" /
 
 from firmware.sim import fleet  # noqa: E402  (also puts firmware/app on sys.path)
 
+import procstat  # noqa: E402
 from broker import Broker  # noqa: E402
 
 COUNTER = r"""
@@ -45,14 +45,6 @@ for line in sys.stdin:
 """
 
 
-def rss_kib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 async def loop_lag(samples, stop):
     while not stop.is_set():
         t0 = time.monotonic()
@@ -68,7 +60,7 @@ async def measure(count, duration, workdir):
     counter = subprocess.Popen([sys.executable, "-c", COUNTER, str(broker.port)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
     try:
-        rss0 = rss_kib()
+        rss0 = procstat.rss_kib()
         devices = []
         for device_id, kind, mac in specs:
             root = fleet.provision(str(workdir / ("sim%d" % count)), device_id, kind, mac, "bench",
@@ -94,7 +86,7 @@ async def measure(count, duration, workdir):
         counter.stdin.write("\n")
         counter.stdin.flush()
         n1 = int(counter.stdout.readline())
-        rss1 = rss_kib()
+        rss1 = procstat.rss_kib()
         stop.set()
         await lag_task
         await asyncio.gather(*(d.stop() for d in devices))
@@ -119,8 +111,7 @@ def main():
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size in this process
     args = p.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    procstat.raise_fd_limit()
     if not args.one:
         print("machine: %s, %d cores, Python %s, %s" % (platform.machine(), os.cpu_count(),
                                                          platform.python_version(), platform.platform()))

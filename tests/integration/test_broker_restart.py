@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import contract
 from firmware.sim import fleet
 from mqttc import Client
 from rolebroker import RoleBroker
@@ -22,7 +23,7 @@ DEVICE = DEVICES[0][0]
 
 
 def topic(device, channel):
-    return f"site/{SITE}/{device.split('-')[0]}/{device}/{channel}"
+    return contract.topic(SITE, device, channel)
 
 
 @pytest.fixture

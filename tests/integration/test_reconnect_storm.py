@@ -3,19 +3,11 @@ firmware's backoff come back after a broker restart, and a control client's
 round trip stays under 1 s the whole time (tools/pylib/storm.py measures;
 bench/reconnect_spread.py prints the same figures for docs/benchmarks.md)."""
 
-import asyncio
-
-from rolebroker import RoleBroker
-from storm import SITE, run_storm, specs_and_users
+import storm
 
 
 def test_1000_devices_come_back_and_the_broker_stays_responsive(tmp_path):
-    specs, users = specs_and_users(1000)
-    broker = RoleBroker(tmp_path / "broker", SITE, users).start()
-    try:
-        r = asyncio.run(run_storm(broker, specs, tmp_path))
-    finally:
-        broker.stop()
+    r = storm.measure(1000, tmp_path)
     print(r)
     assert r["back"] == 1000, r
     assert r["probe_back_s"] is not None and r["probe_back_s"] < 5, r

@@ -1,18 +1,8 @@
 """The candidate-config rewrite of roles/mosquitto/files/mosquitto-check-config.
 (The checker itself runs against a real broker in the Molecule scenario.)"""
 
-import importlib.machinery
-import importlib.util
-import pathlib
-
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-PATH = ROOT / "roles" / "mosquitto" / "files" / "mosquitto-check-config"
-loader = importlib.machinery.SourceFileLoader("mosquitto_check_config", str(PATH))
-spec = importlib.util.spec_from_loader(loader.name, loader)
-checker = importlib.util.module_from_spec(spec)
-loader.exec_module(checker)
+from rolebroker import checker
 
 CONFIG = """
 # comment

@@ -20,14 +20,15 @@ benchmarks can show the role's tuning as a ratio."""
 
 import importlib.machinery
 import importlib.util
-import pathlib
 import resource
 import subprocess
 
-from broker import MOSQUITTO, Broker, free_port
+import procstat
+from broker import MOSQUITTO, Broker
 from edgefleet import mosquitto_passwd_hash
 from roleacl import ROLE, render_acl, render_conf, role_context
 
+# The role's own candidate checker, loaded as a module (it has no .py name on targets).
 _loader = importlib.machinery.SourceFileLoader("mosquitto_check_config", str(ROLE / "files" / "mosquitto-check-config"))
 _spec = importlib.util.spec_from_loader(_loader.name, _loader)
 checker = importlib.util.module_from_spec(_spec)
@@ -98,18 +99,5 @@ class RoleBroker(Broker):
             self.proc.wait()
 
     def rss_kib(self):
-        """The broker's resident set size now, from /proc (KiB)."""
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    def cpu_seconds(self):
-        """User + system CPU seconds the broker has used so far."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / 100.0
-
-
-__all__ = ["RoleBroker", "free_port", "checker"]
+        """The broker's resident set size now (KiB)."""
+        return procstat.rss_kib(self.proc.pid)

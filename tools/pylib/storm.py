@@ -11,8 +11,8 @@ that publishes QoS 1 to a topic it also reads, ten times a second, from a
 separate process (so the devices' event loop cannot delay it), from the
 moment it is connected again until the last device is back.
 
-Used by tests/integration/test_reconnect_storm.py (the assertions) and
-bench/reconnect_spread.py (the figures in docs/benchmarks.md)."""
+measure() is the whole run; tests/integration/test_reconnect_storm.py
+asserts on it and bench/reconnect_spread.py prints it (docs/benchmarks.md)."""
 
 import asyncio
 import multiprocessing
@@ -20,6 +20,7 @@ import queue
 import time
 
 from firmware.sim import fleet
+from rolebroker import RoleBroker
 
 SITE = "storm"
 PROBE_TOPIC = f"site/{SITE}/probe/probe-00000000/cfg"  # the controller may write and read any cfg topic
@@ -172,3 +173,14 @@ async def run_storm(broker, specs, workdir, settings=None, settle_timeout=180, b
         "probe_samples": len(storm_rtts), "rtt_p50_ms": rtts[len(rtts) // 2] * 1000,
         "rtt_p99_ms": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] * 1000, "rtt_max_ms": rtts[-1] * 1000,
     }
+
+
+def measure(count, workdir, settings=None):
+    """The storm for *count* devices on a fresh role broker in *workdir*
+    (device *settings* override the firmware's defaults); run_storm's figures."""
+    specs, users = specs_and_users(count)
+    broker = RoleBroker(workdir / "broker", SITE, users).start()
+    try:
+        return asyncio.run(run_storm(broker, specs, workdir, settings))
+    finally:
+        broker.stop()

@@ -1,0 +1,32 @@
+"""Process figures from /proc for tests and benchmarks: resident memory,
+CPU time, and the file-descriptor limit a many-connection process needs."""
+
+import os
+import resource
+
+
+def rss_kib(pid="self"):
+    """Resident set size of *pid* (default: this process) in KiB; OSError when it is gone."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid):
+    """(user, system) CPU seconds of process *pid* ((0.0, 0.0) when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / hz, int(fields[12]) / hz
+
+
+def raise_fd_limit():
+    """This process's soft fd limit up to its hard one (thousands of sockets)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
