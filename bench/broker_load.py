@@ -15,7 +15,7 @@ What it measures
       fixed client id, clean_session=False, ``site/<site>/+/+/state`` at QoS 1,
       a PUBACK for every message. It counts per device the seqs received,
       duplicates and the publish-to-subscriber latency (now - ts, same
-      clock). A second connection in the same process, user ``exporter``,
+      clock). A second connection in the same process, user ``exporter_sys``,
       follows ``$SYS/broker/#`` (publish/messages/dropped, ...);
     * a load generator process (``--generators`` of them): one MQTT
       connection per device, each with its own user and password, clean
@@ -747,7 +747,7 @@ class SysMonitor(MqttSession):
     """The exporter's view of $SYS/broker/#: last value and arrival time of each topic."""
 
     def __init__(self, spec):
-        super().__init__(f"exporter-bench-{os.getpid()}", "exporter", spec["exporter_password"], True,
+        super().__init__(f"exporter-bench-{os.getpid()}", "exporter_sys", spec["exporter_sys_password"], True,
                          [("$SYS/broker/#", 0)])
         self.values = {}
 
@@ -919,7 +919,7 @@ def run_load(args, gens, sampler):
 def run_point(args, kind, specs, rate, tmp, sabotage=None):
     """One fresh broker, subscriber and generator(s); returns the row dict."""
     passwords = {device_id: secrets.token_urlsafe(12) for device_id, _, _ in specs}
-    service = {"telegraf": secrets.token_urlsafe(12), "exporter": secrets.token_urlsafe(12)}
+    service = {"telegraf": secrets.token_urlsafe(12), "exporter_sys": secrets.token_urlsafe(12)}
     broker = RoleBroker(tmp / f"{kind}-{len(specs)}-{rate}", SITE, users={**passwords, **service},
                          stock=(kind == "stock"), overrides=None if kind == "stock" else args.overrides)
     workers = {}

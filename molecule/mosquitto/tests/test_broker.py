@@ -162,7 +162,7 @@ def test_service_users_get_least_privilege(connect):
         state_watcher.expect(topic(DEVICE_A, "cmd"), genuine)
 
     assert_denied(state_watcher, topic(DEVICE_A, "cmd"), forged, cmd_control, "telegraf could send a cmd")
-    # the controller does not read telemetry; the exporter reads $SYS
+    # the controller does not read telemetry; exporter_sys reads $SYS
     controller.subscribe(f"site/{SITE}/+/+/state")
     assert controller.subscribe(topic(DEVICE_A, "status")) == [1]
     state = unique()
@@ -174,7 +174,7 @@ def test_service_users_get_least_privilege(connect):
         controller.expect(topic(DEVICE_A, "status"), status)
 
     assert_denied(controller, topic(DEVICE_A, "state"), state, status_control, "controller received telemetry")
-    exporter = connect("exporter")
+    exporter = connect("exporter_sys")
     assert exporter.subscribe("$SYS/broker/uptime") == [1]
     assert exporter.expect("$SYS/broker/uptime", timeout=15).payload.endswith(b"seconds")
 
@@ -235,7 +235,7 @@ def test_broker_limits_and_sys(host):
     passwd = host.file("/etc/mosquitto/edgefleet.passwd")
     assert passwd.mode == 0o640 and passwd.user == "root" and passwd.group == "mosquitto"
     users = dict(line.split(":", 1) for line in passwd.content_string.splitlines())
-    assert set(users) == {"telegraf", "exporter", "controller", DEVICE_A, DEVICE_B}
+    assert set(users) == {"telegraf", "exporter", "exporter_sys", "controller", DEVICE_A, DEVICE_B}
     assert all(h.startswith("$7$101$") for h in users.values())
     assert host.file("/etc/mosquitto/certs/edgefleet-server.key").mode == 0o640
 
