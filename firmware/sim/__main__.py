@@ -19,6 +19,8 @@ from . import fleet
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m firmware.sim", description=__doc__.split("\n\n")[0])
     p.add_argument("--inventory", default="inventories/lab", help="site inventory (default: inventories/lab)")
+    p.add_argument("--devices", help="a device list written by Ansible (JSON, see fleet.devices_file) instead of "
+                   "--inventory: for runners without ansible-inventory; it may give each device a /metrics port")
     p.add_argument("--count", type=int, help="run only the first N devices of the inventory")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--broker-host", help="default: edgefleet_broker_host of the inventory")
@@ -40,9 +42,13 @@ def main(argv=None):
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
 
     try:
-        specs, site_vars = fleet.inventory_devices(args.inventory)
+        if args.devices:
+            specs, site_vars = fleet.devices_file(args.devices)
+        else:
+            specs, site_vars = fleet.inventory_devices(args.inventory)
+            specs = [(device_id, kind, mac, None) for device_id, kind, mac in specs]
     except Exception as e:
-        p.error("cannot read inventory %s: %s" % (args.inventory, e))
+        p.error("cannot read %s: %s" % (args.devices or "inventory " + args.inventory, e))
     if args.count is not None:
         if args.count > len(specs):
             p.error("--count %d: the inventory %s has only %d devices" % (args.count, args.inventory, len(specs)))
@@ -58,7 +64,7 @@ def main(argv=None):
         ca = None
     broker = {"host": host, "port": port, "tls": args.tls}
     devices = []
-    for device_id, kind, mac in specs:
+    for device_id, kind, mac, metrics_port in specs:
         pw_file = os.path.join(secrets, "mqtt", device_id)
         if not os.path.exists(pw_file):
             p.error("no password for %s in %s: run site.yml against this inventory first" % (device_id, pw_file))
@@ -68,6 +74,7 @@ def main(argv=None):
                                fleet.kind_config(kind, mac))
         d = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=args.time_scale)
         d.board.faults.malformed = args.fault_malformed
+        d.board.metrics_port = metrics_port  # /metrics on 127.0.0.1:<port>, or none
         devices.append(d)
     fleet.assign_faults(devices, args.seed, ota_corrupt=args.fault_ota_corrupt, ota_hang=args.fault_ota_hang,
                         selftest_fail=args.fault_selftest)

@@ -202,6 +202,33 @@ def inventory_devices(inventory):
     return devices, site_vars
 
 
+def devices_file(path):
+    """[(device_id, kind, mac, metrics_port or None)] and the site vars from a
+    device list written by Ansible (playbooks/lab.yml): for a fleet runner
+    that has no ansible-inventory, such as the lab's fleet container. The
+    file: {"site": ..., "broker_host": ..., "broker_port": ...,
+    "broker_tls_port": ..., "devices": [{"id", "kind", "mac", "metrics_port"}]}."""
+    with open(path) as f:
+        data = json.load(f)
+    devices = []
+    for n, d in enumerate(data.get("devices", [])):
+        name, mac = d.get("id"), d.get("mac")
+        kind, _ = identity.split_device_id(name)
+        if identity.device_id(kind, mac) != name:
+            raise ValueError("%s: devices[%d] %s does not match its MAC %s (expected %s)"
+                             % (path, n, name, mac, identity.device_id(kind, mac)))
+        port = d.get("metrics_port")
+        if port is not None and not (isinstance(port, int) and 0 < port < 65536):
+            raise ValueError("%s: devices[%d] %s: metrics_port %r is not a port" % (path, n, name, port))
+        devices.append((name, kind, mac, port))
+    site_vars = {"edgefleet_site": data.get("site"), "edgefleet_broker_host": data.get("broker_host", "127.0.0.1"),
+                 "edgefleet_broker_port": data.get("broker_port", 1883),
+                 "edgefleet_broker_tls_port": data.get("broker_tls_port", 8883)}
+    if not site_vars["edgefleet_site"]:
+        raise ValueError("%s: no site" % path)
+    return devices, site_vars
+
+
 async def run_fleet(devices, duration=None, stop_event=None, stats_every=10.0, fault_offline=0.0,
                     offline_seconds=(20, 60), seed=1):
     """Start every SimDevice; stop after *duration* s or when *stop_event* is set."""

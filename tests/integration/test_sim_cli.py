@@ -90,3 +90,44 @@ def test_too_many_devices_and_missing_credentials_are_refused(tmp_path, broker):
     proc = cli(args)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0 and f"no password for {ids[0]}" in out
+
+
+def test_device_list_without_ansible_serves_metrics_per_device(tmp_path, broker):
+    """--devices: the lab's fleet container has no ansible-inventory; Ansible
+    writes the device list, with a /metrics port per device."""
+    import urllib.request
+
+    from broker import free_port
+
+    b, ids, args = make_site(tmp_path, broker)
+    ports = [free_port() for _ in ids]
+    devices = {"site": "cli", "broker_host": "127.0.0.1", "broker_port": b.port,
+               "devices": [{"id": i, "kind": k, "mac": m, "metrics_port": p}
+                           for i, (k, m), p in zip(ids, DEVICES, ports)]}
+    (tmp_path / "devices.json").write_text(json.dumps(devices))
+    args = ["--devices", str(tmp_path / "devices.json")] + args[2:]  # no --inventory
+    proc = cli(args + ["--duration", "60"])
+    try:
+        def scraped():
+            out = {}
+            for i, p in zip(ids, ports):
+                try:
+                    out[i] = urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=1).read().decode()
+                except OSError:
+                    return None
+            return out
+        wait_for(lambda: scraped() and all("edgefleet_mqtt_connected 1" in t for t in scraped().values()), 30,
+                 "every device's /metrics, connected")
+        for i, text in scraped().items():
+            assert f'device_id="{i}"' in text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_a_device_list_entry_that_does_not_match_its_mac_is_refused(tmp_path):
+    bad = {"site": "cli", "devices": [{"id": "psu-aaaaaaaa", "kind": "psu", "mac": DEVICES[0][1]}]}
+    (tmp_path / "devices.json").write_text(json.dumps(bad))
+    proc = cli(["--devices", str(tmp_path / "devices.json"), "--secrets", str(tmp_path)])
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "psu-aaaaaaaa does not match its MAC" in out, out
