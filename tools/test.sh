@@ -48,7 +48,8 @@ setup() {
   stage "python virtualenv and pinned dependencies" ensure_venv || return 1
   stage "container engine (docker.io, dockerd)" ensure_docker || return 1
   stage "base image $EDGEFLEET_IMAGE" ensure_image || return 1
-  stage "test dependencies (Debian mosquitto for integration tests)" apt_install mosquitto || return 1
+  stage "test dependencies (Debian mosquitto and prometheus-mqtt-exporter for integration tests)" \
+    apt_install mosquitto prometheus-mqtt-exporter || return 1
   molecule_run_env
   log "run $EDGEFLEET_RUN_ID: test ports 127.0.0.1:$EDGEFLEET_TEST_MQTT_PORT (MQTT), :$EDGEFLEET_TEST_MQTTS_PORT (TLS)"
   remove_stale_instances
