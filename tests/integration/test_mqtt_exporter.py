@@ -16,7 +16,7 @@ import pytest
 
 import rolerender
 from broker import free_port
-from simsite import DEVICES, SERVICE, SITE, online, topic, watcher
+from simsite import DEVICES, SERVICE, SITE, online, run_for, topic, watcher
 from waits import until, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -118,7 +118,6 @@ def test_device_telemetry_state_and_ota_become_labelled_series(site, exporters):
                     and series(s, "edgefleet_telemetry_temperature_celsius", sensor=env, zone="0")) and s
         return await until(have_all, 30, "telemetry of every kind in the exporter")
 
-    from simsite import run_for
     holder = {}
 
     async def during():
@@ -150,9 +149,8 @@ def test_device_telemetry_state_and_ota_become_labelled_series(site, exporters):
                20, "every device offline after the fleet stopped")
     dev = watcher(b, env, f"site/{SITE}/{env.split('-')[0]}/{env}/cfg", password=f"pw-{env}")
     dev.publish(topic(env, "ota"), json.dumps({"id": "r1", "state": "rolled_back", "version": "2.0"}), qos=1)
-    wait_until(lambda: series(telemetry.samples(), "edgefleet_ota_failed", sensor=env) == {
-        k: 1.0 for k in series(telemetry.samples(), "edgefleet_ota_failed", sensor=env)}
-        and series(telemetry.samples(), "edgefleet_ota_failed", sensor=env), 10, "the rollback exported as 1")
+    wait_until(lambda: set(series(telemetry.samples(), "edgefleet_ota_failed", sensor=env).values()) == {1.0},
+               10, "the rollback exported as 1")
     dev.publish(topic(env, "ota"), json.dumps({"id": "r2", "state": "confirmed", "version": "2.0"}), qos=1)
     wait_until(lambda: set(series(telemetry.samples(), "edgefleet_ota_failed", sensor=env).values()) == {0.0},
                10, "a confirmed update exported as 0")

@@ -10,13 +10,12 @@ either those two tests are skipped with the reason."""
 
 import os
 import pathlib
-import re
 import shutil
 import subprocess
-import sys
 import tomllib
 
 import pytest
+from rolecheck import check_entry_point
 from rolerender import render, role_vars, value
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -128,37 +127,13 @@ def test_influxd_check_rejects_a_broken_config(influxd, tmp_path):
     assert "auth-enabled" in run.stderr
 
 
-PLAY = """
-- name: The influxdb role's checks only
-  hosts: controller
-  gather_facts: false
-  tasks:
-    - name: Run the validate entry point
-      ansible.builtin.include_role:
-        name: influxdb
-        tasks_from: validate
-"""
-
-
 def validate(tmp_path, **extra):
-    (tmp_path / "play.yml").write_text(PLAY)
-    (tmp_path / "hosts.yml").write_text(
-        "all:\n  children:\n    controller:\n      hosts:\n        pi-controller-7:\n"
-        f"          ansible_connection: local\n          ansible_python_interpreter: {sys.executable}\n")
     secrets = tmp_path / "secrets"
-    args = [str(pathlib.Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", str(tmp_path / "hosts.yml"),
-            str(tmp_path / "play.yml"), "-e", "edgefleet_site=lab", "-e", f"edgefleet_secrets_dir={secrets}"]
-    for k, v in extra.items():
-        args += ["-e", f"{k}={v}"]
-    run = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                              "ANSIBLE_NOCOLOR": "1", "HOME": str(tmp_path)})
-    out = run.stdout + run.stderr
-    recap = re.search(r"pi-controller-7\s*:\s*ok=\d+\s+changed=(\d+)", out)
-    assert recap, out[-3000:]
-    assert recap.group(1) == "0", out[-3000:]
+    rc, out, changed, raw = check_entry_point(tmp_path, "influxdb", "validate", "pi-controller-7", secrets, extra)
+    assert changed is not None, raw[-3000:]
+    assert changed == 0, raw[-3000:]
     assert not secrets.exists()
-    return run.returncode, " ".join(out.split())
+    return rc, out
 
 
 def test_influxdb2_on_armhf_stops_before_anything_changes(tmp_path):

@@ -12,17 +12,14 @@ option names are pinned below to what Telegraf v1.39.3 documents (README /
 sample.conf of each plugin, docs/CONFIGURATION.md): a renamed or misspelt
 option fails here instead of at Telegraf's start."""
 
-import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 import tomllib
 
 import devconfig
 import pytest
 import telemetry
+from rolecheck import check_entry_point
 from rolerender import render, role_vars, value
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -270,34 +267,10 @@ def test_no_top_level_tables_beyond_the_documented_ones():
     assert set(conf()["inputs"]) == {"mqtt_consumer"}
 
 
-PLAY = """
-- name: The telegraf role's checks only
-  hosts: controller
-  gather_facts: false
-  tasks:
-    - name: Run the validate entry point
-      ansible.builtin.include_role:
-        name: telegraf
-        tasks_from: validate
-"""
-
-
 def validate(tmp_path, **extra):
-    (tmp_path / "play.yml").write_text(PLAY)
-    (tmp_path / "hosts.yml").write_text(
-        "all:\n  children:\n    controller:\n      hosts:\n        ctl01:\n"
-        f"          ansible_connection: local\n          ansible_python_interpreter: {sys.executable}\n")
-    args = [str(pathlib.Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", str(tmp_path / "hosts.yml"),
-            str(tmp_path / "play.yml"), "-e", "edgefleet_site=lab", "-e", f"edgefleet_secrets_dir={tmp_path}/secrets"]
-    if extra:
-        args += ["-e", json.dumps(extra)]  # JSON keeps numbers numbers, as in an inventory
-    run = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                              "ANSIBLE_NOCOLOR": "1", "HOME": str(tmp_path)})
-    out = run.stdout + run.stderr
-    recap = re.search(r"ctl01\s*:\s*ok=\d+\s+changed=(\d+)", out)
-    assert recap and recap.group(1) == "0", out[-3000:]
-    return run.returncode, " ".join(out.split())
+    rc, out, changed, raw = check_entry_point(tmp_path, "telegraf", "validate", "ctl01", tmp_path / "secrets", extra)
+    assert changed == 0, raw[-3000:]
+    return rc, out
 
 
 def test_read_ahead_beyond_the_broker_inflight_limit_fails(tmp_path):
