@@ -91,3 +91,5 @@ class InventoryModule(BaseInventoryPlugin):
             self.inventory.add_host(name, group=kind)
             self.inventory.set_variable(name, "device_mac", mac)
             self.inventory.set_variable(name, "device_simulated", True)
+            # these simulated devices serve no /metrics: Prometheus leaves them out
+            self.inventory.set_variable(name, "device_metrics_address", "")

@@ -246,6 +246,15 @@ def test_file_sd_from_inventory(tmp_path):
     ]
 
 
+def test_a_device_without_metrics_address_is_not_scraped(tmp_path):
+    """device_metrics_address "" (the sim_fleet plugin's generated devices) means no /metrics to scrape."""
+    ctx = inventory()
+    ctx["hostvars"] = dict(ctx["hostvars"], **{"env-yy1ka51y": {"device_metrics_address": ""}})
+    stage(tmp_path, ctx)
+    groups = yaml.safe_load(live(tmp_path, "/etc/prometheus/file_sd/edgefleet_devices.yml").read_text())
+    assert [g["labels"]["device_id"] for g in groups] == ["oven-tvcft64q", "psu-ktcyat68"]
+
+
 def test_file_sd_of_an_empty_fleet_is_valid(tmp_path):
     ctx, _ = stage(tmp_path, inventory(groups={}))
     assert yaml.safe_load(live(tmp_path, "/etc/prometheus/file_sd/edgefleet_devices.yml").read_text()) == []
