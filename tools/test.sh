@@ -50,10 +50,11 @@ setup() {
   stage "base image $EDGEFLEET_IMAGE" ensure_image || return 1
   # Debian's own tools check the roles' rendered files and run them in the
   # integration tests: mosquitto, the MQTT exporter, promtool, amtool and the
-  # blackbox exporter's config check, Prometheus and Alertmanager themselves.
-  stage "test dependencies (Debian mosquitto, prometheus, alertmanager, exporters)" \
+  # blackbox exporter's config check, Prometheus and Alertmanager themselves,
+  # and nginx -t on the OTA server's config.
+  stage "test dependencies (Debian mosquitto, prometheus, alertmanager, exporters, nginx)" \
     apt_install mosquitto prometheus-mqtt-exporter prometheus prometheus-alertmanager \
-    prometheus-blackbox-exporter || return 1
+    prometheus-blackbox-exporter nginx || return 1
   molecule_run_env
   log "run $EDGEFLEET_RUN_ID: test ports 127.0.0.1:$EDGEFLEET_TEST_MQTT_PORT (MQTT), :$EDGEFLEET_TEST_MQTTS_PORT (TLS)"
   remove_stale_instances

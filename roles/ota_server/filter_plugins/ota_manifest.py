@@ -1,0 +1,117 @@
+"""Filters of the ota_server role: the image list and the OTA manifest.
+
+edgefleet_ota_entries(images, base_url, web_root)
+    Check ``ota_server_images`` (a list of {src, version, payload, name?})
+    and return one entry per image with where it goes on the server:
+    ``dest`` (absolute path under *web_root*), ``path`` (the URL path) and
+    ``url`` (*base_url* + path), plus src, payload, version and name.
+    Raises AnsibleFilterError naming the image and the problem.
+
+edgefleet_ota_manifest(entries, digests, base_url, site)
+    The manifest's JSON text (deterministic: same input, same bytes).
+    *digests* is a list parallel to *entries*, each {size, sha256} of the
+    bytes the server holds (the role reads them with stat on the target).
+
+URL layout: ``<base_url>/<payload>/<version>/<name>``; the manifest is
+``<base_url>/manifest.json``. Each image of the manifest carries exactly the
+fields an OTA command needs (plugins/module_utils/contract.py
+check_ota_command: payload, version, url, size, sha256) plus name and path.
+"""
+
+import json
+import posixpath
+import re
+
+from ansible.errors import AnsibleFilterError
+
+MANIFEST_VERSION = 1
+PAYLOADS = ("app", "firmware")  # contract.OTA_PAYLOADS
+# A version and a file name become URL path segments and directory names:
+# no '/', no leading dot (no '..', no hidden files), nothing to escape.
+# 32 characters is the contract's limit for a version.
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+BASE_URL_RE = re.compile(r"^(https?)://([A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+MAX_URL = 512  # contract: an OTA url has at most 512 characters
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _fail(msg):
+    raise AnsibleFilterError("ota_server_images: " + msg)
+
+
+def edgefleet_ota_entries(images, base_url, web_root):
+    if not isinstance(base_url, str) or not BASE_URL_RE.match(base_url):
+        raise AnsibleFilterError(
+            "ota_server_base_url %r must be http(s)://<host name or IPv4 address>[:port] with no path: "
+            "devices join it with /<payload>/<version>/<name>" % (base_url,))
+    if not isinstance(web_root, str) or not web_root.startswith("/") or web_root.rstrip("/") == "":
+        raise AnsibleFilterError("ota_server_web_root %r must be an absolute directory other than /" % (web_root,))
+    if images is None:
+        images = []
+    if not isinstance(images, list):
+        _fail("must be a list of {src, version, payload, name?}, got %s" % type(images).__name__)
+    root = web_root.rstrip("/")
+    entries, seen = [], {}
+    for i, image in enumerate(images):
+        where = "item %d" % i
+        if not isinstance(image, dict):
+            _fail("%s must be a dict {src, version, payload, name?}, got %r" % (where, image))
+        unknown = sorted(set(image) - {"src", "version", "payload", "name"})
+        if unknown:
+            _fail("%s has unknown keys %s (allowed: src, version, payload, name)" % (where, unknown))
+        src = image.get("src")
+        if not isinstance(src, str) or not src:
+            _fail("%s has no src (a file on the Ansible controller)" % where)
+        where = "item %d (%s)" % (i, src)
+        payload = image.get("payload")
+        if payload not in PAYLOADS:
+            _fail("%s: payload must be one of %s, got %r" % (where, ", ".join(PAYLOADS), payload))
+        version = image.get("version")
+        if not isinstance(version, str) or not VERSION_RE.match(version):
+            _fail("%s: version must be a string of 1-32 of A-Z a-z 0-9 . _ + - starting with a letter or digit "
+                  "(quote numbers in YAML: '1.10' not 1.10), got %r" % (where, version))
+        name = image.get("name")
+        if name is None:
+            name = posixpath.basename(src.rstrip("/"))
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            _fail("%s: file name must be 1-128 of A-Z a-z 0-9 . _ + - starting with a letter or digit "
+                  "(set name: to rename it), got %r" % (where, name))
+        key = (payload, version)
+        if key in seen:
+            _fail("%s: payload %s version %s is already given by item %d; one image per payload and version"
+                  % (where, payload, version, seen[key]))
+        seen[key] = i
+        path = "/%s/%s/%s" % (payload, version, name)
+        url = base_url + path
+        if len(url) > MAX_URL:
+            _fail("%s: URL %s is longer than %d characters, which devices refuse" % (where, url, MAX_URL))
+        entries.append({"src": src, "payload": payload, "version": version, "name": name,
+                        "dir": root + "/%s/%s" % (payload, version), "dest": root + path,
+                        "path": path, "url": url})
+    return entries
+
+
+def edgefleet_ota_manifest(entries, digests, base_url, site):
+    if len(entries) != len(digests):
+        raise AnsibleFilterError("edgefleet_ota_manifest: %d entries but %d digests" % (len(entries), len(digests)))
+    images = []
+    for entry, digest in zip(entries, digests):
+        size, sha256 = digest.get("size"), digest.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise AnsibleFilterError("edgefleet_ota_manifest: %s has size %r; an OTA image must not be empty"
+                                     % (entry["dest"], size))
+        if not isinstance(sha256, str) or not SHA256_RE.match(sha256):
+            raise AnsibleFilterError("edgefleet_ota_manifest: %s has no sha256 (got %r)" % (entry["dest"], sha256))
+        images.append({"payload": entry["payload"], "version": entry["version"], "name": entry["name"],
+                       "path": entry["path"], "url": entry["url"], "size": size, "sha256": sha256})
+    manifest = {"manifest_version": MANIFEST_VERSION, "site": site, "base_url": base_url, "images": images}
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "edgefleet_ota_entries": edgefleet_ota_entries,
+            "edgefleet_ota_manifest": edgefleet_ota_manifest,
+        }
