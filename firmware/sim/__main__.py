@@ -22,6 +22,9 @@ def main(argv=None):
     p.add_argument("--devices", help="a device list written by Ansible (JSON, see fleet.devices_file) instead of "
                    "--inventory: for runners without ansible-inventory; it may give each device a /metrics port")
     p.add_argument("--count", type=int, help="run only the first N devices of the inventory")
+    p.add_argument("--generated", action="store_true",
+                   help="only the devices the sim_fleet inventory plugin generated, not the named ones (which "
+                   "`make lab` already runs)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--broker-host", help="default: edgefleet_broker_host of the inventory")
     p.add_argument("--broker-port", type=int, help="default: edgefleet_broker_port of the inventory")
@@ -45,7 +48,7 @@ def main(argv=None):
         if args.devices:
             specs, site_vars = fleet.devices_file(args.devices)
         else:
-            specs, site_vars = fleet.inventory_devices(args.inventory)
+            specs, site_vars = fleet.inventory_devices(args.inventory, generated_only=args.generated)
             specs = [(device_id, kind, mac, None) for device_id, kind, mac in specs]
     except Exception as e:
         p.error("cannot read %s: %s" % (args.devices or "inventory " + args.inventory, e))

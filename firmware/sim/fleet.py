@@ -173,8 +173,10 @@ def assign_faults(devices, seed, **fractions):
     return chosen
 
 
-def inventory_devices(inventory):
-    """[(device_id, kind, mac)] and the site vars from an Ansible inventory."""
+def inventory_devices(inventory, generated_only=False):
+    """[(device_id, kind, mac)] and the site vars from an Ansible inventory;
+    *generated_only*: only the hosts the sim_fleet inventory plugin made
+    (``device_simulated``), not the inventory's named devices."""
     exe = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
     out = subprocess.run([exe if os.path.exists(exe) else "ansible-inventory", "-i", inventory, "--list"],
                          capture_output=True, text=True, check=True)
@@ -189,6 +191,8 @@ def inventory_devices(inventory):
 
     devices = []
     for name in sorted(set(hosts("fleet"))):
+        if generated_only and hostvars[name].get("device_simulated") is not True:
+            continue
         kind, _ = identity.split_device_id(name)
         mac = hostvars[name]["device_mac"]
         if isinstance(mac, dict):  # ansible-inventory marks values set by inventory plugins as unsafe

@@ -92,6 +92,20 @@ def test_too_many_devices_and_missing_credentials_are_refused(tmp_path, broker):
     assert proc.returncode != 0 and f"no password for {ids[0]}" in out
 
 
+def test_generated_runs_only_the_plugins_devices(tmp_path, broker):
+    """--generated leaves out the inventory's named devices (make lab's fleet runs those)."""
+    b, ids, args = make_site(tmp_path, broker)
+    hosts = json.loads((tmp_path / "inv" / "hosts.yml").read_text())
+    hosts["all"]["children"]["fleet"]["hosts"][ids[1]]["device_simulated"] = True
+    (tmp_path / "inv" / "hosts.yml").write_text(json.dumps(hosts))
+    watcher = Paho(b.port, user="controller", password="ctl").connect_ok()
+    watcher.subscribe("site/cli/+/+/status", 1)
+    out, _ = cli(args + ["--generated", "--duration", "3", "--time-scale", "0.1"]).communicate(timeout=60)
+    assert "running 1 devices" in out, out
+    wait_for(lambda: last_status(watcher) == {ids[1]: False}, 5, f"only {ids[1]} to run and stop")
+    watcher.close()
+
+
 def test_device_list_without_ansible_serves_metrics_per_device(tmp_path, broker):
     """--devices: the lab's fleet container has no ansible-inventory; Ansible
     writes the device list, with a /metrics port per device."""
