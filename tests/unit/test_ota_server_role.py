@@ -7,11 +7,9 @@ Needs Debian's `nginx` on the host (CI installs it; elsewhere the nginx tests
 are skipped with the reason)."""
 
 import asyncio
-import datetime
 import hashlib
 import http.client
 import importlib.util
-import ipaddress
 import json
 import os
 import pathlib
@@ -52,45 +50,18 @@ def nginx():
 
 # --- a throw-away site CA and server certificate -------------------------------------
 
-def _name(cn):
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    """tools/pylib/tlsca's CA and server certificate (localhost, 127.0.0.1), plus a key of no certificate."""
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    from tlsca import make_ca_and_server
 
-    d = tmp_path_factory.mktemp("pki")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("test site CA")).issuer_name(_name("test site CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("test-controller")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-
-    def pem_key(k):
-        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
-
-    files = {"ca": ca.public_bytes(serialization.Encoding.PEM), "cert": cert.public_bytes(serialization.Encoding.PEM),
-             "key": pem_key(key), "other_key": pem_key(ec.generate_private_key(ec.SECP256R1()))}
-    (d / "ca.crt").write_bytes(files["ca"])
-    files["ca_path"] = str(d / "ca.crt")
-    return files
+    paths = make_ca_and_server(tmp_path_factory.mktemp("pki"))
+    other_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return {"ca": paths["ca"].read_bytes(), "cert": paths["cert"].read_bytes(), "key": paths["key"].read_bytes(),
+            "other_key": other_key, "ca_path": str(paths["ca"])}
 
 
 # --- the role's staging tree, rendered ------------------------------------------------
