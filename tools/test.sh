@@ -3,9 +3,12 @@
 # tools, container engine, base image, then every check; a summary at the end
 # and a non-zero exit when anything failed.
 #
-# usage: tools/test.sh [--arm64]
+# usage: tools/test.sh [--arm64 | --slow]
 #   --arm64   instead of the suite: converge the mosquitto scenario on an
 #             arm64 (Raspberry Pi) container under qemu emulation.
+#   --slow    instead of the suite: the tests marked slow (pytest -m slow),
+#             minutes-long load and outage tests kept out of the suite so
+#             that it stays under 30 minutes on a 2-core machine.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$EDGEFLEET_ROOT"
@@ -71,10 +74,19 @@ if [ "${1:-}" = "--arm64" ]; then
   exit
 fi
 
+if [ "${1:-}" = "--slow" ]; then
+  if setup; then
+    stage "pytest, slow tests" python -m pytest -m slow
+  fi
+  summary
+  [ $failed -eq 0 ]
+  exit
+fi
+
 if setup; then
   stage "yamllint" yamllint --strict .
   stage "ansible-lint (production profile)" ansible-lint --profile production
-  stage "pytest" python -m pytest
+  stage "pytest (not the slow ones: make test-slow)" python -m pytest -m "not slow"
   for scenario_file in molecule/*/molecule.yml; do
     scenario=$(basename "$(dirname "$scenario_file")")
     stage "molecule test -s $scenario" molecule_scenario "$scenario" test

@@ -117,6 +117,8 @@ def test_autosave_on_every_change_closes_the_power_cut_window(role_broker):
     assert not power_cut_loses_the_last_retained_update(b)
 
 
+# about 140 s (a real 60 s outage): `make test-slow`, not `make test`
+@pytest.mark.slow
 def test_devices_lose_nothing_through_a_60s_broker_outage(role_broker, tmp_path):
     """20 simulated devices (the unchanged app, real time) publish every 2 s
     through a 60 s outage of the role's broker; a persistent-session QoS 1

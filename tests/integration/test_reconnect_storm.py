@@ -3,9 +3,12 @@ firmware's backoff come back after a broker restart, and a control client's
 round trip stays under 1 s the whole time (tools/pylib/storm.py measures;
 bench/reconnect_spread.py prints the same figures for docs/benchmarks.md)."""
 
+import pytest
 import storm
 
 
+# about 50 s: `make test-slow`, not `make test`
+@pytest.mark.slow
 def test_1000_devices_come_back_and_the_broker_stays_responsive(tmp_path):
     r = storm.measure(1000, tmp_path)
     print(r)
