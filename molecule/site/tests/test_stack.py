@@ -142,7 +142,7 @@ def test_telegraf_writes_telemetry_into_influxdb(host, secrets_dir, password):
     client = Client(PLAIN_PORT, user=device, password=password(device)).connect_ok()
     try:
         client.publish(f"site/{SITE}/fan/{device}/state", json.dumps(
-            {"device_id": device, "ts": int(time.time() * 1000), "seq": seq,
+            {"device_id": device, "ts": int(time.time()), "seq": seq,
              "electrical": {"voltage": {"a": 230.5}}, "thermal": {"temperature_zones": [40.5, 41.0]}}), qos=1)
     finally:
         client.close()
