@@ -2,7 +2,7 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-for sub in ("collections", "plugins/filter", "tools/pylib", "tests/firmware/mpy", "tests/firmware", "plugins/module_utils",
+for sub in ("collections", "plugins/filter", "tools/pylib", "tests/firmware/mpy", "tests/firmware", "tests/flash", "plugins/module_utils",
             "firmware/app"):
     path = str(ROOT / sub)
     if path not in sys.path:
