@@ -128,19 +128,14 @@ class RomPeer:
         self.regs = {CHIP_DETECT_MAGIC_REG: ESP32_MAGIC, EFUSE_RD_BASE + 4: w1, EFUSE_RD_BASE + 8: w2,
                      UART_CLKDIV_REG: round(XTAL_HZ / ROM_BAUD)}
         self.log = []  # (command name, detail) in order, for tests
-        self.sessions = 0
         self._sock = None
-        self._threads = []
-        self._lock = threading.Lock()
 
     # --- lifecycle --------------------------------------------------------------
     def start(self):
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(4)
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
-        self._threads.append(t)
+        threading.Thread(target=self._accept, daemon=True).start()
         return self
 
     @property
@@ -165,14 +160,10 @@ class RomPeer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     # --- one connection (one esptool session) --------------------------------------
     def _serve(self, conn):
-        with self._lock:
-            self.sessions += 1
         state = {"written": 0, "write": None}
         reader = SlipReader(conn.recv)
         try:

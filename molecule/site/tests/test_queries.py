@@ -26,7 +26,7 @@ import re
 import pytest
 from conftest import FLEET, PLAIN_PORT, SITE
 from mqttc import Client
-from promqueries import dashboard_queries, expand, load_dashboard, dashboard_files, template_variables
+from promqueries import dashboard_files, dashboard_queries, expand, load_dashboard, metric_names, template_variables
 
 testinfra_hosts = ["ansible://controller"]
 OTA_DEVICE = "fan-edez6pps"  # not in the simulated fleet; reports an OTA result once, as a real device would
@@ -215,5 +215,5 @@ def test_every_alert_expression_evaluates_and_its_signals_return_data(live):
 
 def _absent_while_healthy(expr):
     """True when every metric *expr* reads is one of ABSENT_WHILE_HEALTHY (and it has at least one)."""
-    names = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{|\[)", expr))
+    names = set(metric_names(expr))
     return bool(names) and names <= set(ABSENT_WHILE_HEALTHY)
