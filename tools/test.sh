@@ -57,7 +57,7 @@ setup() {
   # and nginx -t on the OTA server's config.
   stage "test dependencies (Debian mosquitto, prometheus, alertmanager, exporters, nginx)" \
     apt_install mosquitto prometheus-mqtt-exporter prometheus prometheus-alertmanager \
-    prometheus-blackbox-exporter nginx || return 1
+    prometheus-blackbox-exporter nginx ser2net || return 1
   molecule_run_env
   log "run $EDGEFLEET_RUN_ID: test ports 127.0.0.1:$EDGEFLEET_TEST_MQTT_PORT (MQTT), :$EDGEFLEET_TEST_MQTTS_PORT (TLS)"
   remove_stale_instances

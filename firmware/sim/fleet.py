@@ -37,6 +37,33 @@ def provision(root, device_id, kind, mac, site, broker, password, ca_file=None, 
     return board_fs
 
 
+def boot_from_flash(state_dir, flash, mac):
+    """A board's filesystem, as flashed: the files of the littlefs partition of
+    a flash dump (found through its partition table) written to the device's
+    directory under *state_dir*. Returns (root, device_id, kind) from the
+    device.json the flash station wrote; the MAC is the board's (eFuse, not
+    flash)."""
+    from firmware.image import read_filesystem
+
+    files = read_filesystem(flash)
+    if "device.json" not in files:
+        raise ValueError("the flash holds no device.json: not flashed by the flash station")
+    device = json.loads(files["device.json"])
+    kind, _ = identity.split_device_id(device["id"])
+    if identity.device_id(kind, mac) != device["id"]:
+        raise ValueError("the flash holds device %s, which is not the id of MAC %s (%s)"
+                         % (device["id"], mac, identity.device_id(kind, mac)))
+    root = os.path.join(state_dir, device["id"])
+    if os.path.exists(root):
+        shutil.rmtree(root)
+    for path, data in files.items():
+        target = os.path.join(root, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+    return root, device["id"], kind
+
+
 def kind_config(kind, mac=None):
     """The flash-time config of each simulated kind (which sensors it has).
     With the board's *mac*, each DS18B20 is pinned to its zone by ROM code,

@@ -16,6 +16,11 @@ SPI_FLASH_MD5 (32 hex characters, as the ROM answers); READ_FLASH_SLOW.
 Refused: GET_SECURITY_INFO (the ESP32 ROM has none), MEM_* (so no stub
 loader), and every stub-only command.
 
+``line_baud`` paces what the peer reads to a serial line of that rate (10
+bits per byte, as 8N1), so that timings (bench/flash.py) are those of a
+board on a UART rather than of a loopback socket; None (the default) reads
+as fast as the socket delivers.
+
 Faults for tests: ``drop_after`` closes the connection once that many flash
 bytes were written in this session (a board unplugged mid-write);
 ``corrupt_at`` flips one bit of the byte written at that flash address (the
@@ -23,9 +28,11 @@ write "succeeds", verification must catch it).
 """
 
 import hashlib
+import os
 import socket
 import struct
 import threading
+import time
 import zlib
 
 CMD = {"FLASH_BEGIN": 0x02, "FLASH_DATA": 0x03, "FLASH_END": 0x04, "SYNC": 0x08, "WRITE_REG": 0x09,
@@ -114,16 +121,39 @@ def _crc8(data):
     return crc
 
 
+class _FdConn:
+    """A pty master as the socket-like object _serve() reads and writes.
+    A pty never ends on its own: EIO means the slave side closed."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def recv(self, n):
+        try:
+            return os.read(self.fd, n)
+        except OSError:
+            return b""
+
+    def sendall(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def close(self):
+        pass  # stop() closes both ends
+
+
 class RomPeer:
     """One board: ``RomPeer(mac).start()``; ``url`` for esptool; ``flash`` its memory."""
 
-    def __init__(self, mac, flash_size=0x400000, drop_after=None, corrupt_at=None):
+    def __init__(self, mac, flash_size=0x400000, drop_after=None, corrupt_at=None, line_baud=None):
         if flash_size not in FLASH_SIZES:
             raise ValueError("flash_size %#x is not one of %s" % (flash_size, sorted(FLASH_SIZES)))
         self.mac = bytes(mac)
         self.flash = bytearray(b"\xff" * flash_size)
         self.drop_after = drop_after
         self.corrupt_at = corrupt_at
+        self.line_baud = line_baud
         w1, w2 = mac_efuse_words(self.mac)
         self.regs = {CHIP_DETECT_MAGIC_REG: ESP32_MAGIC, EFUSE_RD_BASE + 4: w1, EFUSE_RD_BASE + 8: w2,
                      UART_CLKDIV_REG: round(XTAL_HZ / ROM_BAUD)}
@@ -146,10 +176,23 @@ class RomPeer:
     def url(self):
         return "socket://127.0.0.1:%d" % self.port
 
+    def start_pty(self):
+        """Serve on a pseudo-terminal instead (for ser2net): returns the slave's path."""
+        master, slave = os.openpty()
+        self._pty = (master, slave)
+        threading.Thread(target=self._serve, args=(_FdConn(master),), daemon=True).start()
+        return os.ttyname(slave)
+
     def stop(self):
         if self._sock:
             self._sock.close()
             self._sock = None
+        for fd in getattr(self, "_pty", ()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._pty = ()
 
     def commands(self):
         return [name for name, _ in self.log]
@@ -165,7 +208,13 @@ class RomPeer:
     # --- one connection (one esptool session) --------------------------------------
     def _serve(self, conn):
         state = {"written": 0, "write": None}
-        reader = SlipReader(conn.recv)
+        recv = conn.recv
+        if self.line_baud:
+            def recv(n, _recv=conn.recv, _bps=self.line_baud / 10.0):
+                chunk = _recv(min(n, 512))
+                time.sleep(len(chunk) / _bps)
+                return chunk
+        reader = SlipReader(recv)
         try:
             while True:
                 frame = reader.frame()

@@ -116,3 +116,67 @@ def test_the_stub_loader_is_refused(peer):
         with pytest.raises(Exception):
             esp.run_stub()
     assert "0x05" in p.commands()  # MEM_BEGIN
+
+
+@pytest.fixture
+def ser2net(tmp_path):
+    """Debian's ser2net in RFC 2217 mode in front of a peer on a pty: returns the rfc2217:// URL."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    exe = shutil.which("ser2net") or "/usr/sbin/ser2net"
+    procs = []
+
+    def make(p):
+        path = p.start_pty()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cfg = tmp_path / ("ser2net-%d.yaml" % port)
+        cfg.write_text("%%YAML 1.1\n---\nconnection: &board\n  accepter: telnet(rfc2217),tcp,127.0.0.1,%d\n"
+                       "  connector: serialdev,%s,115200n81,local\n" % (port, path))
+        proc = subprocess.Popen([exe, "-n", "-d", "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("ser2net did not listen on 127.0.0.1:%d" % port)
+        return "rfc2217://127.0.0.1:%d?ign_set_control" % port
+
+    yield make
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_flashing_through_a_real_rfc2217_server(ser2net):
+    """The same peer behind a pty, served by Debian's ser2net (RFC 2217): the
+    rfc2217:// path of the esp32_flash logic, write then an unchanged second
+    run. Small regions: pyserial's RFC 2217 client renegotiates the port
+    settings each time esptool changes its read timeout (about 0.3 s per
+    command here), which is also what a station on the network sees."""
+    import esp32flash
+    import identity
+
+    p = RomPeer(MAC)
+    url = ser2net(p)
+    regions = [(APP_OFFSET, image(4 * 1024)), (0x3F0000, b"per-device".ljust(1024, b"\xff"))]
+
+    def plan(mac):
+        return identity.device_id("psu", mac), regions, esp32flash.image_digest(regions)
+
+    try:
+        [first] = esp32flash.flash_ports([url], plan, connect_attempts=2)
+        [second] = esp32flash.flash_ports([url], plan, connect_attempts=2)
+    finally:
+        p.stop()
+    assert first["error"] is None and first["changed"] and first["mac"] == "24:0a:c4:12:34:01", first
+    assert all(p.flash[a:a + len(d)] == d for a, d in regions)
+    assert second["error"] is None and not second["changed"], second
