@@ -211,7 +211,7 @@ class RomPeer:
         recv = conn.recv
         if self.line_baud:
             def recv(n, _recv=conn.recv, _bps=self.line_baud / 10.0):
-                chunk = _recv(min(n, 512))
+                chunk = _recv(min(n, 4096))
                 time.sleep(len(chunk) / _bps)
                 return chunk
         reader = SlipReader(recv)
