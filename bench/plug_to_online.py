@@ -44,9 +44,10 @@ def prom_count(port, expr):
 def once(args, n, workdir):
     prefix = "24:0a:c4:%02x:%02x" % (random.randrange(256), random.randrange(256))
     macs = ["%s:%02x" % (prefix, i) for i in range(n)]
-    peers = plugrun.plug(macs)
+    peers = plugrun.plug(macs, args.paced)
     try:
-        inv = plugrun.station_inventory(workdir / "station", peers, args.kind, args.mqtt_port)
+        inv = plugrun.station_inventory(workdir / "station", peers, args.kind, args.mqtt_port,
+                                        app_size=args.app_kib * 1024, flash_baud=args.flash_baud)
         plugged = time.monotonic()
         rc, out = plugrun.flash_playbook([args.inventory, inv])
         if rc:
@@ -85,13 +86,18 @@ def main():
     p.add_argument("--prom-port", type=int, required=True, help="Prometheus on 127.0.0.1")
     p.add_argument("--kind", default="env")
     p.add_argument("--boards", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--app-kib", type=int, default=1536, help="stand-in MicroPython app size (KiB)")
+    p.add_argument("--paced", action="store_true", help="each board reads like a UART (115200 baud, then "
+                   "--flash-baud); default: as fast as the socket (the flashing is then not what a real line takes)")
+    p.add_argument("--flash-baud", type=int, default=460800, help="the station's flash_baud")
     args = p.parse_args()
-    print("| boards | plug to flashed s | plug to online s | plug to queryable s |")
-    print("|---:|---:|---:|---:|")
+    print("| boards | line | plug to flashed s | plug to online s | plug to queryable s |")
+    print("|---:|---|---:|---:|---:|")
     for n in args.boards:
         with tempfile.TemporaryDirectory() as tmp:
             flashed, online, queryable = once(args, n, pathlib.Path(tmp))
-        print("| %d | %.1f | %.1f | %.1f |" % (n, flashed, online, queryable), flush=True)
+        line = "UART, %d baud" % args.flash_baud if args.paced else "socket"
+        print("| %d | %s | %.1f | %.1f | %.1f |" % (n, line, flashed, online, queryable), flush=True)
 
 
 if __name__ == "__main__":

@@ -310,7 +310,10 @@ def flash_port(port, plan, check_mode=False, baud=115200, flash_baud=None, conne
         if stale and not check_mode:
             # esptool compares each written region's MD5 with the board's: a
             # mismatch raises, so a half-written board is never a success
-            cmds.write_flash(esp, stale, flash_size="keep")
+            # compressed (FLASH_DEFL_*, which the ESP32 ROM has): esptool only
+            # compresses by default for its stub, and blank regions and the
+            # app then cross the line whole
+            cmds.write_flash(esp, stale, flash_size="keep", compress=True)
             cmds.reset_chip(esp, "hard-reset")
 
     return _session(port, _result(port), baud, flash_baud, connect_attempts, work)

@@ -10,16 +10,17 @@ Implemented: SLIP framing; SYNC (eight answers, non-zero value, as the ROM);
 READ_REG / WRITE_REG with the chip-detect magic, the eFuse words holding
 the MAC, the UART clock divider (crystal estimate) and the SPI peripheral
 registers enough for RDID (flash size detection); SPI_ATTACH;
-SPI_SET_PARAMS; CHANGE_BAUDRATE (a no-op on a socket); FLASH_BEGIN / DATA /
+SPI_SET_PARAMS; CHANGE_BAUDRATE (paced peers follow it); FLASH_BEGIN / DATA /
 END with esptool's checksum; FLASH_DEFL_BEGIN / DATA / END (zlib);
 SPI_FLASH_MD5 (32 hex characters, as the ROM answers); READ_FLASH_SLOW.
 Refused: GET_SECURITY_INFO (the ESP32 ROM has none), MEM_* (so no stub
 loader), and every stub-only command.
 
-``line_baud`` paces what the peer reads to a serial line of that rate (10
-bits per byte, as 8N1), so that timings (bench/flash.py) are those of a
-board on a UART rather than of a loopback socket; None (the default) reads
-as fast as the socket delivers.
+``paced=True`` makes the peer read at the pace of a UART (10 bits per
+byte, as 8N1): at the ROM's 115200 baud until esptool's CHANGE_BAUDRATE,
+then at the new rate, as a board does. Timings (bench/flash.py) are then
+those of a board on a serial line rather than of a loopback socket. By
+default the peer reads as fast as the socket delivers.
 
 Faults for tests: ``drop_after`` closes the connection once that many flash
 bytes were written in this session (a board unplugged mid-write);
@@ -146,14 +147,14 @@ class _FdConn:
 class RomPeer:
     """One board: ``RomPeer(mac).start()``; ``url`` for esptool; ``flash`` its memory."""
 
-    def __init__(self, mac, flash_size=0x400000, drop_after=None, corrupt_at=None, line_baud=None):
+    def __init__(self, mac, flash_size=0x400000, drop_after=None, corrupt_at=None, paced=False):
         if flash_size not in FLASH_SIZES:
             raise ValueError("flash_size %#x is not one of %s" % (flash_size, sorted(FLASH_SIZES)))
         self.mac = bytes(mac)
         self.flash = bytearray(b"\xff" * flash_size)
         self.drop_after = drop_after
         self.corrupt_at = corrupt_at
-        self.line_baud = line_baud
+        self.paced = paced
         w1, w2 = mac_efuse_words(self.mac)
         self.regs = {CHIP_DETECT_MAGIC_REG: ESP32_MAGIC, EFUSE_RD_BASE + 4: w1, EFUSE_RD_BASE + 8: w2,
                      UART_CLKDIV_REG: round(XTAL_HZ / ROM_BAUD)}
@@ -207,12 +208,12 @@ class RomPeer:
 
     # --- one connection (one esptool session) --------------------------------------
     def _serve(self, conn):
-        state = {"written": 0, "write": None}
+        state = {"written": 0, "write": None, "baud": ROM_BAUD}
         recv = conn.recv
-        if self.line_baud:
-            def recv(n, _recv=conn.recv, _bps=self.line_baud / 10.0):
+        if self.paced:
+            def recv(n, _recv=conn.recv):
                 chunk = _recv(min(n, 4096))
-                time.sleep(len(chunk) / _bps)
+                time.sleep(len(chunk) * 10.0 / state["baud"])
                 return chunk
         reader = SlipReader(recv)
         try:
@@ -253,7 +254,14 @@ class RomPeer:
             if addr == SPI_CMD_REG and value & SPI_CMD_USR:
                 self._spi_command()
             return self._ok()
-        if name in ("SPI_ATTACH", "SPI_SET_PARAMS", "CHANGE_BAUDRATE"):
+        if name == "CHANGE_BAUDRATE":
+            new_baud, _old = struct.unpack("<II", data[:8])
+            if not 9600 <= new_baud <= 5_000_000:
+                return self._err(ERR_BAD_DATA_LEN)
+            answer = self._ok()
+            state["baud"] = new_baud  # the answer still goes at the old rate, as the ROM's does
+            return answer
+        if name in ("SPI_ATTACH", "SPI_SET_PARAMS"):
             return self._ok()
         if name in ("FLASH_BEGIN", "FLASH_DEFL_BEGIN"):
             erase_size, _blocks, _block_size, offset = struct.unpack("<IIII", data[:16])

@@ -24,26 +24,33 @@ sys.path[:0] = [str(ROOT / "tests" / "flash")]
 from rompeer import RomPeer  # noqa: E402
 
 
-def stand_in_micropython():
-    return bytes([0xE9]) + b"B" * (0x7000 - 1) + b"\xff" * 0x8000 + bytes([0xE9]) + b"A" * (0x1000 - 1)
+def stand_in_micropython(app_size=0x1000):
+    """Image headers where MicroPython's firmware.bin has them; an app of
+    *app_size* bytes, pseudo-random in two of three bytes (it compresses about
+    like code: MicroPython's ESP32 app is about 1.5 MiB)."""
+    import random
+    rng = random.Random(7)
+    app = bytes([0xE9]) + bytes(rng.getrandbits(8) if i % 3 else i & 0xFF for i in range(app_size - 1))
+    return bytes([0xE9]) + b"B" * (0x7000 - 1) + b"\xff" * 0x8000 + app
 
 
-def plug(macs):
-    """One started peer per MAC ('24:0a:c4:..')."""
-    return [RomPeer(bytes.fromhex(mac.replace(":", ""))).start() for mac in macs]
+def plug(macs, paced=False):
+    """One started peer per MAC ('24:0a:c4:..'); *paced*: each reads like a UART (rompeer)."""
+    return [RomPeer(bytes.fromhex(mac.replace(":", "")), paced=paced).start() for mac in macs]
 
 
-def station_inventory(directory, peers, kind, broker_port, name="station-test"):
+def station_inventory(directory, peers, kind, broker_port, name="station-test", app_size=0x1000,
+                      flash_baud=460800):
     """A site inventory part for this machine as the flash station; the
     registry lands beside it. The boards run here (simulated), so they reach
     the broker through its port on 127.0.0.1, without TLS."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     base = directory / "micropython.bin"
-    base.write_bytes(stand_in_micropython())
+    base.write_bytes(stand_in_micropython(app_size))
     station = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                "flash_python": sys.executable, "flash_firmware_src": str(ROOT), "flash_micropython_image": str(base),
-               "flash_kind": kind, "flash_ports": [p.url for p in peers], "flash_workers": 8,
+               "flash_kind": kind, "flash_ports": [p.url for p in peers], "flash_workers": 8, "flash_baud": flash_baud,
                "flash_broker_host": "127.0.0.1", "flash_broker_port": broker_port, "flash_broker_tls": False}
     (directory / "hosts.yml").write_text(yaml.safe_dump(
         {"all": {"children": {"flash_stations": {"hosts": {name: station}}}}}))

