@@ -46,7 +46,7 @@ def station_inventory(directory, peers, kind, broker_port, name="station-test", 
     the broker through its port on 127.0.0.1, without TLS."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    base = directory / "micropython.bin"
+    base = directory.parent / "micropython.bin"  # not in the inventory directory: Ansible parses every file there
     base.write_bytes(stand_in_micropython(app_size))
     station = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                "flash_python": sys.executable, "flash_firmware_src": str(ROOT), "flash_micropython_image": str(base),
