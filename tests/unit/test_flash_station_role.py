@@ -14,13 +14,13 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import debtool
 import pytest
 import yaml
 from rolecheck import check_entry_point
@@ -276,13 +276,7 @@ def test_checker_refuses_broken_configs(text, expect, tmp_path):
 
 @pytest.fixture(scope="session")
 def ser2net():
-    path = shutil.which("ser2net") or ("/usr/sbin/ser2net" if os.path.exists("/usr/sbin/ser2net") else None)
-    if path is None:
-        msg = "Debian's ser2net is not installed (apt-get install ser2net)"
-        if os.environ.get("CI"):
-            pytest.fail(msg + ": CI must install it")
-        pytest.skip(msg)
-    return path
+    return debtool.require("ser2net")
 
 
 def free_port():

@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import time
 
+import debtool
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
@@ -39,13 +40,7 @@ F = _load_filter()
 
 @pytest.fixture(scope="session")
 def nginx():
-    path = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if path is None:
-        msg = "Debian's nginx is not installed (apt-get install nginx)"
-        if os.environ.get("CI"):
-            pytest.fail(msg + ": CI must install it")
-        pytest.skip(msg)
-    return path
+    return debtool.require("nginx")
 
 
 # --- a throw-away site CA and server certificate -------------------------------------
