@@ -312,8 +312,11 @@ def flash_port(port, plan, check_mode=False, baud=115200, flash_baud=None, conne
             # mismatch raises, so a half-written board is never a success
             # compressed (FLASH_DEFL_*, which the ESP32 ROM has): esptool only
             # compresses by default for its stub, and blank regions and the
-            # app then cross the line whole
-            cmds.write_flash(esp, stale, flash_size="keep", compress=True)
+            # app then cross the line whole. One call per region: within one
+            # call, a region that does not compress turns compression off for
+            # every region after it.
+            for region in stale:
+                cmds.write_flash(esp, [region], flash_size="keep", compress=True)
             cmds.reset_chip(esp, "hard-reset")
 
     return _session(port, _result(port), baud, flash_baud, connect_attempts, work)

@@ -46,6 +46,15 @@ CHIP_DETECT_MAGIC_REG = 0x40001000
 ESP32_MAGIC = 0x00F01D83
 EFUSE_RD_BASE = 0x3FF5A000
 UART_CLKDIV_REG = 0x3FF40014
+# The ROM's own estimate of the crystal, which esptool reads before
+# CHANGE_BAUDRATE to correct the rate it asks for (the ESP32 ROM derives
+# its baud rate from the 8 MHz oscillator's calibration): the RTC
+# calibration value (TIMG0 RTCCALICFG1, bits 7..31) and the 8 MHz
+# oscillator's factory frequency (eFuse word 4, bits 0..7). Chosen so that
+# cali * 15625 * ck8m / 40 is exactly 40 MHz: no correction.
+RTC_CALI_REG = 0x3FF5F06C
+RTC_CALI_VALUE = 2048
+EFUSE_CK8M_FREQ = 50
 SPI_BASE = 0x3FF42000
 SPI_CMD_REG = SPI_BASE + 0x00
 SPI_USR2_REG = SPI_BASE + 0x24
@@ -157,8 +166,10 @@ class RomPeer:
         self.paced = paced
         w1, w2 = mac_efuse_words(self.mac)
         self.regs = {CHIP_DETECT_MAGIC_REG: ESP32_MAGIC, EFUSE_RD_BASE + 4: w1, EFUSE_RD_BASE + 8: w2,
+                     EFUSE_RD_BASE + 16: EFUSE_CK8M_FREQ, RTC_CALI_REG: RTC_CALI_VALUE << 7,
                      UART_CLKDIV_REG: round(XTAL_HZ / ROM_BAUD)}
         self.log = []  # (command name, detail) in order, for tests
+        self.bauds = []  # rates CHANGE_BAUDRATE switched to, in order
         self._sock = None
 
     # --- lifecycle --------------------------------------------------------------
@@ -260,6 +271,7 @@ class RomPeer:
                 return self._err(ERR_BAD_DATA_LEN)
             answer = self._ok()
             state["baud"] = new_baud  # the answer still goes at the old rate, as the ROM's does
+            self.bauds.append(new_baud)
             return answer
         if name in ("SPI_ATTACH", "SPI_SET_PARAMS"):
             return self._ok()

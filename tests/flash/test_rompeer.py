@@ -180,3 +180,14 @@ def test_flashing_through_a_real_rfc2217_server(ser2net):
     assert first["error"] is None and first["changed"] and first["mac"] == "24:0a:c4:12:34:01", first
     assert all(p.flash[a:a + len(d)] == d for a, d in regions)
     assert second["error"] is None and not second["changed"], second
+
+
+def test_a_baud_rate_change_asks_the_rom_for_the_rate_itself(peer):
+    """esptool corrects the rate it asks an ESP32 ROM for by the crystal the ROM
+    estimates (RTC calibration and the 8 MHz oscillator's eFuse); the peer
+    reports a 40 MHz estimate, so the ROM is asked for exactly the rate."""
+    p = peer()
+    with connect(p) as esp:
+        esp.change_baud(460800)
+        assert bytes(esp.read_mac()) == MAC  # still talking after the switch
+    assert p.bauds == [460800]
