@@ -8,7 +8,9 @@ refuses an unknown command (status 1, reason 0x05).
 
 Implemented: SLIP framing; SYNC (eight answers, non-zero value, as the ROM);
 READ_REG / WRITE_REG with the chip-detect magic, the eFuse words holding
-the MAC, the UART clock divider (crystal estimate) and the SPI peripheral
+the MAC, the UART clock divider (crystal estimate), the RTC calibration
+and the 8 MHz oscillator's eFuse (the ROM's own crystal estimate, which
+esptool uses to correct the rate it asks for) and the SPI peripheral
 registers enough for RDID (flash size detection); SPI_ATTACH;
 SPI_SET_PARAMS; CHANGE_BAUDRATE (paced peers follow it); FLASH_BEGIN / DATA /
 END with esptool's checksum; FLASH_DEFL_BEGIN / DATA / END (zlib);
