@@ -118,8 +118,7 @@ def open_port(port, baud):
     return conn
 
 
-def format_mac(mac):
-    return ":".join("%02x" % b for b in bytes(mac))
+format_mac = identity.format_mac
 
 
 def image_digest(regions):
@@ -145,7 +144,7 @@ def check_devices(devices, where="devices"):
             raise FlashError("%s must be a dict with id and mac" % label)
         try:
             kind, _ = identity.split_device_id(dev["id"])
-            mac = format_mac(identity.parse_mac(dev["mac"]))
+            mac = format_mac(dev["mac"])
         except ValueError as e:
             raise FlashError("%s (%s): %s" % (label, dev.get("id"), e))
         derived = identity.device_id(kind, mac)
@@ -266,7 +265,7 @@ def _session(port, result, baud, flash_baud, connect_attempts, work):
         conn = open_port(port, baud)
         with cmds.detect_chip(conn, baud, connect_mode(port), connect_attempts=connect_attempts) as esp:
             result["chip"] = esp.get_chip_description()
-            result["mac"] = format_mac(esp.read_mac())
+            result["mac"] = format_mac(bytes(esp.read_mac()))
             if flash_baud and flash_baud != baud:
                 esp.change_baud(flash_baud)
             work(cmds, esp, result)

@@ -92,6 +92,12 @@ def parse_mac(mac):
     return bytes(int(text[i:i + 2], 16) for i in range(0, 12, 2))
 
 
+def format_mac(mac):
+    """Any MAC parse_mac() takes -> ``'24:0a:c4:12:34:01'`` (the one form
+    the inventory, the registry and the results use)."""
+    return ":".join("%02x" % b for b in parse_mac(mac))
+
+
 def short8(mac):
     """The 8-symbol Crockford base32 code of a MAC (40 bits, MSB first)."""
     value = int.from_bytes(blake2s(parse_mac(mac), 5), "big")

@@ -51,13 +51,10 @@ def parse(data, where):
                 raise RegistryError("%s: %s" % (where_host, e))
             if id_kind != kind or identity.device_id(kind, mac) != device:
                 raise RegistryError("%s is under kind %s with MAC %s, which makes %s" % (
-                    where_host, kind, _mac(mac), identity.device_id(kind, mac)))
-            devices[device] = {"mac": _mac(mac), "kind": kind, "registered": str(hostvars.get("device_registered", ""))}
+                    where_host, kind, identity.format_mac(mac), identity.device_id(kind, mac)))
+            devices[device] = {"mac": identity.format_mac(mac), "kind": kind,
+                               "registered": str(hostvars.get("device_registered", ""))}
     return devices
-
-
-def _mac(raw):
-    return ":".join("%02x" % b for b in raw)
 
 
 def register(registered, known, boards, today):
@@ -71,14 +68,14 @@ def register(registered, known, boards, today):
     for device, mac in known.items():
         if mac:
             try:
-                by_mac[_mac(identity.parse_mac(mac))] = device
+                by_mac[identity.format_mac(mac)] = device
             except ValueError:
                 raise RegistryError("inventory host %s has device_mac %r, which is not a MAC" % (device, mac))
     out = {k: dict(v) for k, v in registered.items()}
     result = []
     for i, board in enumerate(boards):
         try:
-            mac = _mac(identity.parse_mac(board.get("mac", "")))
+            mac = identity.format_mac(board.get("mac", ""))
             kind = identity.check_kind(board.get("kind"))
         except (ValueError, AttributeError) as e:
             raise RegistryError("boards[%d] (port %s): %s" % (i, board.get("port") if isinstance(board, dict) else "?", e))

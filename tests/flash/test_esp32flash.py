@@ -10,6 +10,7 @@ import types
 import esp32flash
 import firmware.image as build
 import identity
+import plugrun
 import pytest
 from rompeer import RomPeer
 
@@ -171,12 +172,6 @@ def test_a_device_without_a_password_is_refused_before_any_board():
                                  {"host": "h", "port": 1}, {})
 
 
-def stand_in_micropython():
-    """MicroPython's firmware.bin cannot be downloaded here: a stand-in with
-    its layout (image headers at 0x1000 and 0x10000), as in test_image_build."""
-    return bytes([0xE9]) + b"B" * (0x7000 - 1) + b"\xff" * 0x8000 + bytes([0xE9]) + b"A" * (0x1000 - 1)
-
-
 def test_a_board_holds_its_built_image_byte_for_byte_and_an_unregistered_one_fails(peers):
     """The real firmware/image build per board: the peer's whole flash equals
     the merged image `python -m firmware.image` writes, device.json on its
@@ -185,7 +180,7 @@ def test_a_board_holds_its_built_image_byte_for_byte_and_an_unregistered_one_fai
     ps = peers({}, {})
     secret = "s3cret-password-xyz"
     ca = b"-----BEGIN CERTIFICATE-----\nMII...\n-----END CERTIFICATE-----\n"
-    plan = esp32flash.image_planner(build.build_regions, build.flat_image, stand_in_micropython(), [PSU1], "lab",
+    plan = esp32flash.image_planner(build.build_regions, build.flat_image, plugrun.stand_in_micropython(), [PSU1], "lab",
                                     {"host": "10.0.0.2", "port": 8883, "tls": True}, {PSU1["id"]: secret},
                                     ca_pem=ca, version="1.2.3")
     results = esp32flash.flash_ports([p.url for p in ps], plan, workers=2)
@@ -193,7 +188,7 @@ def test_a_board_holds_its_built_image_byte_for_byte_and_an_unregistered_one_fai
     assert ok["error"] is None and ok["device_id"] == PSU1["id"]
     doc = esp32flash.device_document(PSU1["id"], "psu", "lab", {"host": "10.0.0.2", "port": 8883}, secret,
                                      PSU1["config"], ca=True)
-    image, report = build.build_image(stand_in_micropython(), doc, ca, None, "1.2.3")
+    image, report = build.build_image(plugrun.stand_in_micropython(), doc, ca, None, "1.2.3")
     assert bytes(ps[0].flash) == image and ok["image_sha256"] == report["sha256"]
     files = build.read_littlefs(bytes(ps[0].flash[0x310000:0x400000]))
     assert json.loads(files["device.json"])["id"] == PSU1["id"] and files["ca.crt"] == ca
@@ -209,7 +204,7 @@ def test_the_simulator_boots_a_board_from_its_flash_bytes(peers, tmp_path):
     from firmware.sim import fleet
 
     [p] = peers({})
-    plan = esp32flash.image_planner(build.build_regions, build.flat_image, stand_in_micropython(), [PSU1], "lab",
+    plan = esp32flash.image_planner(build.build_regions, build.flat_image, plugrun.stand_in_micropython(), [PSU1], "lab",
                                     {"host": "127.0.0.1", "port": 1883, "tls": False}, {PSU1["id"]: "pw"})
     [r] = esp32flash.flash_ports([p.url], plan)
     assert r["error"] is None

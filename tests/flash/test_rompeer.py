@@ -121,33 +121,29 @@ def test_the_stub_loader_is_refused(peer):
 @pytest.fixture
 def ser2net(tmp_path):
     """Debian's ser2net in RFC 2217 mode in front of a peer on a pty: returns the rfc2217:// URL."""
-    import shutil
     import socket
     import subprocess
-    import time
 
-    exe = shutil.which("ser2net") or "/usr/sbin/ser2net"
+    import debtool
+    from broker import free_port
+    from waits import wait_until
+
+    exe = debtool.require("ser2net")
     procs = []
+
+    def answers(port):
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
 
     def make(p):
         path = p.start_pty()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         cfg = tmp_path / ("ser2net-%d.yaml" % port)
         cfg.write_text("%%YAML 1.1\n---\nconnection: &board\n  accepter: telnet(rfc2217),tcp,127.0.0.1,%d\n"
                        "  connector: serialdev,%s,115200n81,local\n" % (port, path))
-        proc = subprocess.Popen([exe, "-n", "-d", "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise AssertionError("ser2net did not listen on 127.0.0.1:%d" % port)
+        procs.append(subprocess.Popen([exe, "-n", "-d", "-c", str(cfg)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT))
+        wait_until(lambda: answers(port), timeout=10, poll=0.05, what="ser2net listening on 127.0.0.1:%d" % port)
         return "rfc2217://127.0.0.1:%d?ign_set_control" % port
 
     yield make

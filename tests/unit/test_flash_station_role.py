@@ -9,7 +9,6 @@ check of a play that uses the role.
 The ser2net tests need Debian's `ser2net` on the host (skipped with the
 reason elsewhere, failed in CI)."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -23,8 +22,10 @@ import time
 import debtool
 import pytest
 import yaml
+from broker import free_port
 from rolecheck import check_entry_point
-from rolerender import ROOT, render, role_vars, value
+from rolerender import ROOT, load_file, render, role_vars, value
+from waits import Timeout, wait_until
 
 ROLE = ROOT / "roles" / "flash_station"
 REQUIREMENTS = ROLE / "files" / "flash-requirements.txt"
@@ -35,14 +36,7 @@ PORTS = [
 ]
 
 
-def _load_checker():
-    spec = importlib.util.spec_from_file_location("ser2net_check", ROLE / "files" / "ser2net_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CHECKER = _load_checker()
+CHECKER = load_file(ROLE / "files" / "ser2net_check.py")
 
 
 def canonical(name):
@@ -110,10 +104,10 @@ def test_requirements_hold_the_whole_dependency_closure():
     from packaging.version import Version
 
     pins = requirements()
-    todo = [(n, frozenset()) for n in sorted(pins) if n != "setuptools"]
+    pending = [(n, frozenset()) for n in sorted(pins) if n != "setuptools"]
     seen, missing = set(), []
-    while todo:
-        name, extras = todo.pop()
+    while pending:
+        name, extras = pending.pop()
         if (name, extras) in seen:
             continue
         seen.add((name, extras))
@@ -135,7 +129,7 @@ def test_requirements_hold_the_whole_dependency_closure():
                 if dep not in pins or not req.specifier.contains(pins[dep][0], prereleases=True):
                     missing.append(f"{name} needs {text}")
                 else:
-                    todo.append((dep, frozenset(req.extras)))
+                    pending.append((dep, frozenset(req.extras)))
     assert not missing, sorted(set(missing))
 
 
@@ -279,24 +273,17 @@ def ser2net():
     return debtool.require("ser2net")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def listening(port):
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+    """True once predicate() is, False after *timeout* s (the caller fails with ser2net's log)."""
+    try:
+        return bool(wait_until(predicate, timeout, poll=0.05))
+    except Timeout:
+        return False
 
 
 class Bench:

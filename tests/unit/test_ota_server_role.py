@@ -9,7 +9,6 @@ are skipped with the reason)."""
 import asyncio
 import hashlib
 import http.client
-import importlib.util
 import json
 import os
 import pathlib
@@ -23,19 +22,12 @@ import debtool
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
-from rolerender import ROOT, render, role_vars, value
+from rolerender import ROOT, load_file, render, role_vars, value
 
 ROLE = ROOT / "roles" / "ota_server"
 
 
-def _load_filter():
-    spec = importlib.util.spec_from_file_location("ota_manifest", ROLE / "filter_plugins" / "ota_manifest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-F = _load_filter()
+F = load_file(ROLE / "filter_plugins" / "ota_manifest.py")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ the real parser or tool on the host.
     text = render("prometheus", "prometheus.yml.j2", ctx)
 """
 
+import importlib.util
 import pathlib
 
 import yaml
@@ -60,3 +61,12 @@ def render(role, template, variables):
 def value(variables, name):
     """One variable of *variables*, rendered (as a task would see it)."""
     return _templar(variables).template(_trusted(variables[name]))
+
+
+def load_file(path, name=None):
+    """A role's own Python file (a filter plugin, a checker) as a module."""
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
