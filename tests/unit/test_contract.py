@@ -33,9 +33,11 @@ def test_the_brokers_acl_uses_the_contracts_channels():
     assert tuple(internal["_mosquitto_device_channels_read"]) == contract.DEVICE_READS
     controller = next(u for u in yaml.safe_load((ROOT / "roles" / "mosquitto" / "defaults" / "main.yml").read_text())
                       ["mosquitto_service_users"] if u["name"] == "controller")
-    reads = {e["topic"].rsplit("+/+/", 1)[1] for e in controller["acl"] if "read" in e["access"]}
+    reads = {e["topic"].rsplit("+/+/", 1)[1] for e in controller["acl"] if "read" in e["access"] and "+/+/" in e["topic"]}
     # the controller reads every answer a device gives
     assert {"cfg/ack", "cmd/ack", "ota", "status", "announce"} <= reads
+    # and its own sync topic (plugins/module_utils/fleetmqtt.py)
+    assert {"access": "readwrite", "topic": "site/{{ mosquitto_site }}/_controller/#"} in controller["acl"]
 
 
 def test_the_acl_test_helper_renders_the_contracts_channels():
