@@ -26,11 +26,13 @@ def topic(device_id, channel):
     return contract.topic(SITE, device_id, channel)
 
 
-def make_site(broker, tmp_path):
-    users = dict(SERVICE, **{d: f"pw-{d}" for d, _, _ in DEVICES})
-    b = broker(users=users, acl=render_acl(SITE, [d for d, _, _ in DEVICES]))
+def make_site(broker, tmp_path, devices=DEVICES):
+    """A broker with users and ACL for *devices* [(id, kind, mac)]; the
+    returned make() provisions simulated devices among them."""
+    users = dict(SERVICE, **{d: f"pw-{d}" for d, _, _ in devices})
+    b = broker(users=users, acl=render_acl(SITE, [d for d, _, _ in devices]))
 
-    def make(specs=DEVICES, time_scale=0.02, initial=None, settings=None):
+    def make(specs=devices, time_scale=0.02, initial=None, settings=None):
         """Simulated devices for *specs*. At these time scales a fraction of
         a second of real scheduling delay is many device seconds, so the
         watchdog is off unless *settings* turn it on, and the OTA self-test

@@ -1,0 +1,148 @@
+"""fleetcfg: desired config from inventory, versions, what is sent, outcomes;
+fleetmqtt.broker_settings: where the broker connection comes from."""
+
+import json
+
+import pytest
+
+import fleetcfg
+import fleetmqtt
+
+NOW = fleetcfg.VERSION_EPOCH + 1000000  # a fixed clock: versions from it are 1000000
+
+
+def status(version, online=True):
+    return json.dumps({"online": online, "fw": "1.0.0", "cfg_version": version}).encode()
+
+
+def cfg(version, **settings):
+    return json.dumps(dict(settings, version=version)).encode()
+
+
+def test_desired_config_merges_fleet_kind_and_host_in_that_order():
+    values = {("psu-ktcyat68", "device_config_fleet"): {"publish_interval_s": 10, "setpoint_c": 50},
+              ("psu-ktcyat68", "device_config_kind"): {"setpoint_c": 60},
+              ("psu-ktcyat68", "device_config"): {"setpoint_c": 70}}
+    desired, errors = fleetcfg.collect_desired(["psu-ktcyat68"], lambda d, v: values.get((d, v)))
+    assert errors == []
+    assert desired == {"psu-ktcyat68": {"publish_interval_s": 10, "setpoint_c": 70}}
+
+
+def test_bad_desired_configs_are_all_reported_with_host_variable_and_value():
+    values = {("psu-ktcyat68", "device_config"): {"publish_intervall_s": 1},
+              ("oven-tvcft64q", "device_config_kind"): {"setpoint_c": 999},
+              ("env-yy1ka51y", "device_config"): ["not", "a", "mapping"],
+              ("fan-edez6pps", "device_config"): {"sample_interval_s": 9, "publish_interval_s": 5}}
+    devices = ["psu-ktcyat68", "oven-tvcft64q", "env-yy1ka51y", "fan-edez6pps", "controller"]
+    desired, errors = fleetcfg.collect_desired(devices, lambda d, v: values.get((d, v)))
+    text = "\n".join(errors)
+    assert "psu-ktcyat68: unknown setting(s): publish_intervall_s" in text and "(from device_config)" in text
+    assert "oven-tvcft64q: setpoint_c must be between -40 and 400, got 999 (from device_config_kind)" in text
+    assert "env-yy1ka51y: device_config must be a mapping of settings, got list" in text
+    assert "fan-edez6pps: sample_interval_s (9) must not exceed publish_interval_s (5)" in text
+    assert "controller: not a device id" in text
+    assert desired == {}
+
+
+def test_versions_rise_above_what_the_broker_and_the_device_have_seen():
+    assert fleetcfg.new_version(None, None, NOW) == 1000000
+    assert fleetcfg.new_version(2000000, None, NOW) == 2000001  # a later clock elsewhere: still higher
+    assert fleetcfg.new_version(5, 3000000, NOW) == 3000001  # the device applied more than the broker keeps
+
+
+def test_unchanged_settings_applied_by_the_device_are_not_sent():
+    p = fleetcfg.Plan("psu-ktcyat68", {"setpoint_c": 70}, cfg(42, setpoint_c=70), status(42), NOW)
+    assert p.action is None and p.version == 42 and not p.would_change
+    assert fleetcfg.Outcome(p).result == "unchanged"
+
+
+def test_changed_settings_get_a_new_version():
+    p = fleetcfg.Plan("psu-ktcyat68", {"setpoint_c": 71}, cfg(42, setpoint_c=70), status(42), NOW)
+    assert p.action == "send" and p.version == 1000000 and p.would_change
+    assert json.loads(p.message()) == {"setpoint_c": 71, "version": 1000000}
+    assert p.diff()["before"] == '{\n  "setpoint_c": 70\n}\n'
+
+
+def test_a_device_that_missed_the_retained_version_gets_it_again_unchanged():
+    p = fleetcfg.Plan("psu-ktcyat68", {"setpoint_c": 70}, cfg(42, setpoint_c=70), status(41), NOW)
+    assert p.action == "resend" and p.version == 42
+    offline = fleetcfg.Plan("psu-ktcyat68", {"setpoint_c": 70}, cfg(42, setpoint_c=70), status(41, False), NOW)
+    assert offline.action is None and fleetcfg.Outcome(offline).result == "offline"
+
+
+def test_a_device_ahead_of_the_broker_gets_a_higher_version():
+    """The broker lost its retained cfg (or another controller's): the
+    device's reported version is the floor, so it never refuses ours as older."""
+    p = fleetcfg.Plan("psu-ktcyat68", {"setpoint_c": 70}, cfg(42, setpoint_c=70), status(5000000), NOW)
+    assert p.action == "send" and p.version == 5000001
+
+
+def test_nothing_desired_and_nothing_sent_is_unchanged():
+    p = fleetcfg.Plan("psu-ktcyat68", {}, None, status(0), NOW)
+    assert p.action is None and fleetcfg.Outcome(p).result == "unchanged"
+
+
+def test_outcomes_from_acks_and_statuses():
+    p = fleetcfg.Plan("psu-ktcyat68", {"setpoint_c": 71}, cfg(42, setpoint_c=70), status(42), NOW)
+    o = fleetcfg.Outcome(p)
+    assert o.pending
+    assert not o.on_ack({"version": 42, "result": "applied"})  # an older version's ack
+    assert o.on_ack({"version": p.version, "result": "applied", "detail": None})
+    assert o.result == "applied" and o.changed
+    r = fleetcfg.Outcome(p)
+    assert r.on_ack({"version": p.version, "result": "rejected", "detail": "setpoint_c too high"})
+    assert r.result == "rejected" and r.detail == "setpoint_c too high" and not r.changed
+    t = fleetcfg.Outcome(p)
+    t.timed_out(30)
+    assert t.result == "timed_out" and "within 30s" in t.detail
+    g = fleetcfg.Outcome(p)
+    assert g.on_status({"online": False}) and g.result == "offline"
+
+
+def test_resending_the_same_settings_is_not_a_change():
+    p = fleetcfg.Plan("psu-ktcyat68", {"setpoint_c": 70}, cfg(42, setpoint_c=70), status(40), NOW)
+    o = fleetcfg.Outcome(p)
+    o.on_ack({"version": 42, "result": "applied"})
+    assert o.result == "applied" and o.changed  # the device did not report those settings before
+
+
+@pytest.mark.parametrize("value,total,expected", [(0, 100, 0), (3, 100, 3), ("2", 10, 2), ("5%", 1000, 50),
+                                                  ("0.5%", 1000, 5), ("100%", 7, 7)])
+def test_tolerance(value, total, expected):
+    assert fleetcfg.tolerance(value, total) == expected
+
+
+@pytest.mark.parametrize("value", [-1, "-2", "150%", "many", True])
+def test_bad_tolerance_names_the_value(value):
+    with pytest.raises(fleetcfg.FleetConfigError, match="max_failures"):
+        fleetcfg.tolerance(value, 10)
+
+
+def test_broker_settings_come_from_the_inventory_and_the_secrets_dir(tmp_path):
+    (tmp_path / "mqtt").mkdir()
+    (tmp_path / "mqtt" / "controller").write_text("s3cret\n")
+    (tmp_path / "ca").mkdir()
+    (tmp_path / "ca" / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    task_vars = {"edgefleet_site": "plant1", "edgefleet_broker_host": "ctl.plant1", "edgefleet_broker_tls_port": 8883,
+                 "edgefleet_secrets_dir": str(tmp_path)}
+    s = fleetmqtt.broker_settings({}, task_vars)
+    assert s == {"host": "ctl.plant1", "port": 8883, "tls": True, "ca_file": str(tmp_path / "ca" / "ca.crt"),
+                 "username": "controller", "password": "s3cret", "site": "plant1"}
+    vaulted = fleetmqtt.broker_settings({"tls": False}, dict(task_vars, edgefleet_broker_port=1883,
+                                                             mosquitto_passwords={"controller": "from-vault"}))
+    assert vaulted["password"] == "from-vault" and vaulted["port"] == 1883 and vaulted["ca_file"] is None
+
+
+@pytest.mark.parametrize("args,task_vars,message", [
+    ({}, {"edgefleet_broker_host": "h"}, "no site"),
+    ({"site": "Plant 1"}, {"edgefleet_broker_host": "h"}, "site name must be"),
+    ({"site": "p"}, {}, "no broker"),
+    ({"site": "p", "broker_host": "h", "tls": False, "broker_port": 70000}, {}, "broker_port 70000 is not a port"),
+    ({"site": "p", "broker_host": "h", "ca_file": "/nonexistent/ca.crt"}, {}, "/nonexistent/ca.crt does not exist"),
+    ({"site": "p", "broker_host": "h", "tls": False}, {}, "no password for MQTT user controller"),
+    ({"site": "p", "broker_host": "h", "tls": False}, {"edgefleet_secrets_dir": "/nonexistent"},
+     "cannot read /nonexistent/mqtt/controller"),
+])
+def test_broker_settings_errors_name_the_setting(args, task_vars, message):
+    with pytest.raises(fleetmqtt.FleetMqttError, match=message.replace("(", r"\(")):
+        fleetmqtt.broker_settings(args, task_vars)
