@@ -1,0 +1,191 @@
+"""ota_rollout end to end: the real ansible-playbook (playbooks/ota.yml) runs
+the action plugin against a real Mosquitto with the mosquitto role's ACL and
+a real HTTP server, while simulated devices (the unchanged firmware app with
+its real OTA, self-test and rollback) update, fail or roll back through the
+simulator's fault injection. Every wait has a deadline."""
+
+import asyncio
+import json
+import os
+import re
+import signal
+
+import pytest
+
+import ota
+import rollout
+from firmware.sim import fleet
+from fleetplay import run_playbook, start_playbook, write_inventory
+from simsite import SITE, make_site, payloads, until, watcher
+from www import Www
+
+NEW = "0.9.1"
+SPECS = fleet.generated_specs(8, mac_prefix=(0x24, 0x0A, 0xC5))
+IDS = [d for d, _, _ in SPECS]
+
+
+@pytest.fixture
+def ota_site(broker, tmp_path):
+    return make_site(broker, tmp_path, devices=SPECS)
+
+
+@pytest.fixture
+def image(tmp_path):
+    (tmp_path / "www").mkdir()
+    server = Www(tmp_path / "www")
+    bundle = ota.pack_bundle(NEW, {"device.py": b"# new app\n", "version.txt": NEW.encode()})
+    yield dict(server.publish("app.bundle", bundle), version=NEW, payload="app")
+    server.close()
+
+
+def inventory(site, tmp_path):
+    return write_inventory(tmp_path / "inv", site.broker, SPECS)
+
+
+def extra(image, rollout_id, **kw):
+    values = dict({"ota_image": image, "ota_rollout_id": rollout_id, "ota_canary": 1, "ota_waves": [3, "100%"],
+                   "ota_soak": 1, "ota_device_timeout": 30, "ota_abort_percent": 30, "ota_abort_min_executed": 3},
+                  **kw)
+    return ["-e", json.dumps(values)]
+
+
+def plan(rollout_id, waves=(3, "100%"), canary=1):
+    return rollout.plan_waves(IDS, rollout_id, canary, list(waves))
+
+
+def started_downloads(ctl):
+    """Device id -> how many OTA downloads it started (one per command it took)."""
+    counts = {}
+    for d in IDS:
+        counts[d] = sum(1 for r in payloads(ctl, "ota", d) if r.get("state") == "downloading")
+    return counts
+
+
+async def fleet_running(sims, ctl, scenario):
+    tasks = [s.start() for s in sims]
+    try:
+        await until(lambda: all(any(p.get("online") for p in payloads(ctl, "status", d) if isinstance(p, dict))
+                                for d in IDS), 15, "every device online")
+        return await scenario()
+    finally:
+        await asyncio.gather(*(s.stop() for s in sims))
+        assert all(t.done() for t in tasks)
+
+
+def test_rollout_over_three_waves_succeeds_and_a_rerun_commands_nobody(ota_site, image, tmp_path):
+    sims = ota_site()
+    inv = inventory(ota_site, tmp_path)
+    ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
+    assert ctl.subscribe(f"site/{SITE}/+/+/ota", 1) == [1]
+
+    async def scenario():
+        first = await run_playbook("ota.yml", inv, *extra(image, "r3"))
+        second = await run_playbook("ota.yml", inv, *extra(image, "r3"))
+        return first, second
+
+    first, second = asyncio.run(fleet_running(sims, ctl, scenario))
+    assert first.returncode == 0, first
+    r = first.task("Roll out")
+    assert [w["size"] for w in r["waves"]] == [1, 3, 4]
+    assert [w["devices"] for w in r["waves"]] == plan("r3")
+    assert r["summary"] == {"succeeded": 8} and r["aborted"] is None and r["changed"] is True
+    assert all(s.device.fw == NEW for s in sims)
+    assert "wave 3/3" in first.stdout  # progress printed while it ran
+    assert started_downloads(ctl) == {d: 1 for d in IDS}
+    assert second.returncode == 0, second
+    r2 = second.task("Roll out")
+    assert r2["changed"] is False and r2["summary"] == {"succeeded": 8}
+    assert started_downloads(ctl) == {d: 1 for d in IDS}, "a rerun commanded a device again"
+
+
+def test_failures_trip_the_abort_in_their_wave_and_later_waves_are_not_commanded(ota_site, image, tmp_path):
+    """Wave 1's three devices: one gets corrupted downloads (failed), one a
+    new app that fails its self-test (rolled back). After the canary and
+    wave 1, a failure among 3 or more executed passes 30%: abort in wave 1; wave 2's
+    four devices never get a command (each one's own session on cmd proves it)."""
+    waves = plan("ab")
+    sims = ota_site()
+    by_id = {d: s for (d, _, _), s in zip(SPECS, sims)}
+    by_id[waves[1][0]].board.faults.ota_corrupt = True
+    by_id[waves[1][1]].board.faults.selftest_fail = True
+    inv = inventory(ota_site, tmp_path)
+    ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
+    assert ctl.subscribe(f"site/{SITE}/+/+/ota", 1) == [1]
+    later = [watcher(ota_site.broker, d, f"site/{SITE}/{d.split('-')[0]}/{d}/cmd", password=f"pw-{d}")
+             for d in waves[2]]
+
+    async def scenario():
+        return await run_playbook("ota.yml", inv, *extra(image, "ab"))
+
+    play = asyncio.run(fleet_running(sims, ctl, scenario))
+    assert play.returncode != 0, play
+    r = play.task("Roll out")
+    # it trips once 3 have executed: 1 of 3 (33.3%) or 2 of 3-4, whichever order they finish in
+    assert r["aborted"]["wave"] == 1
+    assert re.fullmatch(r"[12] of [34] executed devices failed \((33\.3|66\.7|50\.0)% > 30%\)", r["aborted"]["reason"])
+    assert r["devices"][waves[1][0]]["state"] == "failed" and "sha256 mismatch" in r["devices"][waves[1][0]]["detail"]
+    assert r["devices"][waves[1][1]]["state"] == "rolled_back"  # a rollback counts as a failure
+    assert r["devices"][waves[0][0]]["state"] == "succeeded"
+    assert all(r["devices"][d]["state"] == "pending" for d in waves[2])
+    for c in later:
+        assert c.messages() == [], "a device past the abort was commanded"
+    assert all(by_id[d].device.fw != NEW for d in waves[2])
+    again = asyncio.run(fleet_running(ota_site(), ctl, lambda: run_playbook("ota.yml", inv, *extra(image, "ab"))))
+    assert again.returncode != 0 and "aborted in an earlier run" in again.stdout
+
+
+def test_a_rollout_killed_mid_wave_resumes_without_commanding_anyone_twice(ota_site, image, tmp_path):
+    sims = ota_site()
+    inv = inventory(ota_site, tmp_path)
+    ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
+    assert ctl.subscribe(f"site/{SITE}/+/+/ota", 1) == [1]
+    state_file = rollout.state_path(str(tmp_path / "secrets" / "rollouts"), "kill", image["sha256"])
+    waves = plan("kill")
+
+    def commanded():
+        try:
+            with open(state_file) as f:
+                devices = json.load(f)["devices"]
+        except (OSError, ValueError):
+            return set()
+        return {d for d, rec in devices.items() if rec["state"] not in ("pending", "offline")}
+
+    async def scenario():
+        proc = await start_playbook("ota.yml", inv, *extra(image, "kill", ota_soak=3), env={"PYTHONUNBUFFERED": "1"})
+        # kill it while wave 1 is being updated: commanded, not yet confirmed
+        await until(lambda: set(waves[1]) <= commanded(), 60, "wave 1 commanded")
+        os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        killed_with = commanded()
+        resumed = await run_playbook("ota.yml", inv, *extra(image, "kill", ota_soak=3))
+        return killed_with, resumed
+
+    killed_with, resumed = asyncio.run(fleet_running(sims, ctl, scenario))
+    assert set(waves[1]) <= killed_with and not set(waves[2]) & killed_with
+    assert resumed.returncode == 0, resumed
+    r = resumed.task("Roll out")
+    assert r["resumed"] is True and r["summary"] == {"succeeded": 8}, r["devices"]
+    assert "resuming from" in resumed.stdout
+    assert started_downloads(ctl) == {d: 1 for d in IDS}, "a device was commanded twice"
+    assert all(s.device.fw == NEW for s in sims)
+
+
+def test_check_mode_lists_the_waves_and_commands_nothing(ota_site, image, tmp_path):
+    sims = ota_site()
+    inv = inventory(ota_site, tmp_path)
+    ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
+    assert ctl.subscribe(f"site/{SITE}/+/+/ota", 1) == [1]
+    listeners = [watcher(ota_site.broker, d, f"site/{SITE}/{d.split('-')[0]}/{d}/cmd", password=f"pw-{d}")
+                 for d in IDS]
+
+    async def scenario():
+        return await run_playbook("ota.yml", inv, "--check", *extra(image, "chk"))
+
+    play = asyncio.run(fleet_running(sims, ctl, scenario))
+    assert play.returncode == 0, play
+    r = play.task("Roll out")
+    assert [w["devices"] for w in r["waves"]] == plan("chk")
+    assert "3 wave(s) over 8 device(s) (1, 3, 4)" in r["msg"]
+    assert not os.path.exists(r["state_file"])
+    for c in listeners:
+        assert c.messages() == []
