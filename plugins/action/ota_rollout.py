@@ -208,8 +208,9 @@ class Rollout(object):
                 if self.state.aborted is not None:
                     break
         else:
-            display.display("ota_rollout %s: aborted in an earlier run (wave %s: %s): nothing is commanded"
-                            % (args["rollout_id"], self.state.aborted["wave"], self.state.aborted["reason"]))
+            display.display("ota_rollout %s: aborted in an earlier run (wave %d/%d: %s): nothing is commanded"
+                            % (args["rollout_id"], self.state.aborted["wave"] + 1, len(self.state.waves),
+                               self.state.aborted["reason"]))
         if self.state.aborted is None and not any(r["state"] in (rollout.PENDING,) + ACTIVE
                                                   for r in self.state.devices.values()):
             self.state.finish(time.time())
@@ -229,8 +230,9 @@ class Rollout(object):
                 send.append(device)
             else:
                 self.tracker(device).offline(now)
+        # this wave's devices being updated: those commanded now, and on a
+        # resume those commanded before the kill (each is followed in its wave)
         active = [d for d in wave if self.state.devices[d]["state"] in ACTIVE]
-        active += [d for d, t in self.trackers.items() if t.state in ACTIVE and d not in set(wave)]
         if not active:
             return
         self.check_parent()
@@ -273,8 +275,10 @@ class Rollout(object):
                 if reason:
                     self.state.abort(i, reason, now)
                     self.state.save()
-                    display.warning("ota_rollout %s: ABORT in wave %d/%d: %s; no further device is commanded"
-                                    % (self.args["rollout_id"], i + 1, len(self.state.waves), reason))
+                    display.display("ota_rollout %s: ABORT in wave %d/%d: %s; no further device is commanded, "
+                                    "this wave's devices are followed to their end"
+                                    % (self.args["rollout_id"], i + 1, len(self.state.waves), reason),
+                                    color="bright red")
             if self.dirty and time.monotonic() >= next_save:
                 self.state.save()
                 self.dirty = False
@@ -296,17 +300,24 @@ class Rollout(object):
                    w["failed"], w["timed_out"], w["rolled_back"], w["confirmed"], w["commanded"], w["offline"],
                    done, len(self.state.devices) - s["skipped"], time.monotonic() - self.started)
 
+    @staticmethod
+    def device_report(rec):
+        """A device's entry in the result; waves are numbered from 1 (the canary) for people."""
+        out = dict((k, v) for k, v in rec.items() if k in ("state", "detail", "progress"))
+        out["wave"] = rec["wave"] + 1 if rec.get("wave") is not None else None
+        return out
+
     def report(self, check=False):
         r, state = self.result, self.state
         waves = []
         for i, wave in enumerate(state.waves):
             counts = dict((k, v) for k, v in state.wave_summary(i).items() if v)
-            waves.append({"wave": i, "size": len(wave), "devices": list(wave), "counts": counts})
+            waves.append({"wave": i + 1, "size": len(wave), "devices": list(wave), "counts": counts})
         r["waves"] = waves
-        r["devices"] = dict((d, dict((k, v) for k, v in rec.items() if k in ("state", "wave", "detail", "progress")))
-                            for d, rec in sorted(state.devices.items()))
+        r["devices"] = dict((d, self.device_report(rec)) for d, rec in sorted(state.devices.items()))
         r["summary"] = dict((k, v) for k, v in state.summary().items() if v)
-        r["aborted"] = state.aborted
+        r["aborted"] = None if state.aborted is None else {
+            "wave": state.aborted["wave"] + 1, "reason": state.aborted["reason"], "at": state.aborted["at"]}
         r["state_file"] = self.path
         r["resumed"] = state.resumed
         if check:
@@ -323,5 +334,6 @@ class Rollout(object):
             s["offline"])
         if state.aborted is not None:
             r["failed"] = True
-            r["msg"] = "aborted in wave %d: %s (%s)" % (state.aborted["wave"], state.aborted["reason"], r["msg"])
+            r["msg"] = "aborted in wave %d/%d: %s (%s)" % (state.aborted["wave"] + 1, len(state.waves),
+                                                            state.aborted["reason"], r["msg"])
         return r

@@ -157,11 +157,11 @@ EXAMPLES = r"""
 
 RETURN = r"""
 waves:
-  description: Per wave, its devices and the count of devices per state.
+  description: Per wave (numbered from 1, the canary), its devices and the count of devices per state.
   returned: always
   type: list
   elements: dict
-  sample: [{"wave": 0, "devices": ["psu-ktcyat68"], "counts": {"succeeded": 1}}]
+  sample: [{"wave": 1, "size": 1, "devices": ["psu-ktcyat68"], "counts": {"succeeded": 1}}]
 devices:
   description: Per device id, its state (succeeded, failed, timed_out, rolled_back, skipped, offline, pending), wave and detail.
   returned: always
@@ -174,7 +174,7 @@ aborted:
   description: The wave that tripped the abort and why, or null.
   returned: always
   type: dict
-  sample: {"wave": 1, "reason": "3 of 10 executed devices failed (30.0% > 10%)"}
+  sample: {"wave": 2, "reason": "3 of 10 executed devices failed (30.0% > 10%)", "at": 1795537982.6}
 state_file:
   description: The rollout's state file (not written in check mode).
   returned: always

@@ -99,9 +99,9 @@ def test_rollout_over_three_waves_succeeds_and_a_rerun_commands_nobody(ota_site,
 
 
 def test_failures_trip_the_abort_in_their_wave_and_later_waves_are_not_commanded(ota_site, image, tmp_path):
-    """Wave 1's three devices: one gets corrupted downloads (failed), one a
-    new app that fails its self-test (rolled back). After the canary and
-    wave 1, a failure among 3 or more executed passes 30%: abort in wave 1; wave 2's
+    """The second wave's three devices: one gets corrupted downloads (failed),
+    one a new app that fails its self-test (rolled back). After the canary,
+    a failure among 3 or more executed passes 30%: abort in wave 2; wave 3's
     four devices never get a command (each one's own session on cmd proves it)."""
     waves = plan("ab")
     sims = ota_site()
@@ -121,7 +121,7 @@ def test_failures_trip_the_abort_in_their_wave_and_later_waves_are_not_commanded
     assert play.returncode != 0, play
     r = play.task("Roll out")
     # it trips once 3 have executed: 1 of 3 (33.3%) or 2 of 3-4, whichever order they finish in
-    assert r["aborted"]["wave"] == 1
+    assert r["aborted"]["wave"] == 2  # numbered from 1: the canary is wave 1
     assert re.fullmatch(r"[12] of [34] executed devices failed \((33\.3|66\.7|50\.0)% > 30%\)", r["aborted"]["reason"])
     assert r["devices"][waves[1][0]]["state"] == "failed" and "sha256 mismatch" in r["devices"][waves[1][0]]["detail"]
     assert r["devices"][waves[1][1]]["state"] == "rolled_back"  # a rollback counts as a failure
