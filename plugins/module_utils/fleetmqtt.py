@@ -161,7 +161,10 @@ class FleetSession:
                                   clean_session=True)
         self.client.username_pw_set(username, password)
         if tls:
-            self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            try:
+                self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError, ValueError) as e:
+                raise FleetMqttError("cannot use %s as the site CA: %s" % (ca_file, e))
         self.client.max_inflight_messages_set(max_inflight)
         self.client.max_queued_messages_set(0)
         self.keepalive = keepalive
@@ -221,8 +224,8 @@ class FleetSession:
                                          % (self.host, self.port, what, self._disconnected))
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise FleetMqttError("no %s from the broker %s:%d within %ss" % (what, self.host, self.port,
-                                                                                     timeout))
+                    raise FleetMqttError("no %s from the broker %s:%d within %.1f s" % (what, self.host, self.port,
+                                                                                       timeout))
                 # re-check at least every 50 ms: paho marks a message published
                 # around its on_publish callback, not always before it
                 self._cond.wait(min(left, 0.05))

@@ -98,9 +98,21 @@ def format_mac(mac):
     return ":".join("%02x" % b for b in parse_mac(mac))
 
 
+def _digest5(raw):
+    """BLAKE2s-40 of the MAC: CPython's C BLAKE2s where there is one (the
+    controller checks 10,000 ids in milliseconds instead of 1.6 s), else the
+    plain-Python blake2s above (MicroPython's hashlib has none). Tests
+    compare the two."""
+    try:
+        import hashlib
+        return hashlib.blake2s(raw, digest_size=5).digest()
+    except (ImportError, AttributeError, TypeError):
+        return blake2s(raw, 5)
+
+
 def short8(mac):
     """The 8-symbol Crockford base32 code of a MAC (40 bits, MSB first)."""
-    value = int.from_bytes(blake2s(parse_mac(mac), 5), "big")
+    value = int.from_bytes(_digest5(parse_mac(mac)), "big")
     return "".join(CROCKFORD[(value >> (35 - 5 * i)) & 31] for i in range(8))
 
 
