@@ -185,3 +185,29 @@ def test_a_bad_setting_in_inventory_stops_the_run_before_anything_is_published(s
     assert f"{PSU}: unknown setting(s): publish_intervall_s" in msg and "(from device_config)" in msg
     assert f"{OVEN}: setpoint_c must be between -40 and 400, got 999" in msg
     assert configs_seen(cfg_watch) == []
+
+
+def test_configure_runs_on_the_fleet_the_broker_knows(site, tmp_path):
+    """playbooks/configure.yml with the mqtt_fleet inventory plugin instead of
+    a static host list: hosts from the devices' retained announcements, site
+    variables and desired config from the inventory directory's group_vars."""
+    sims = site()
+    inv = write_inventory(tmp_path / "inv", site.broker, [],
+                          group_vars={"fleet": {"device_config_fleet": {"publish_interval_s": 12}}})
+    (inv / "hosts.yml").unlink()
+    (inv / "mqtt_fleet.yml").write_text(
+        f"plugin: edgefleet.site.mqtt_fleet\nsite: {SITE}\nbroker_host: 127.0.0.1\nbroker_port: {site.broker.port}\n"
+        "tls: false\npassword: ctl-pw\n")
+    ctl = watcher(site.broker, "controller", f"site/{SITE}/+/+/status")
+
+    async def scenario():
+        for d, _, _ in DEVICES:
+            await online(ctl, d)
+        return await run_playbook("configure.yml", inv)
+
+    play = asyncio.run(with_fleet(sims, scenario))
+    assert play.returncode == 0, play
+    r = play.task("Push and confirm")
+    assert sorted(r["devices"]) == sorted(d for d, _, _ in DEVICES)
+    assert {v["result"] for v in r["devices"].values()} == {"applied"}
+    assert all(s.device.config["publish_interval_s"] == 12 for s in sims)
