@@ -43,15 +43,10 @@ class ActionModule(ActionBase):
         _, args = self.validate_argument_spec(argument_spec=ARGSPEC)
         started = time.monotonic()
 
-        devices = args["devices"]
-        if devices is None:
-            devices = list(task_vars.get("ansible_play_hosts") or [])
-        devices = sorted(set(devices))
-        if not devices:
-            raise AnsibleActionFail("device_config: no devices (the play's hosts, or the devices option, are empty)")
         try:
+            devices = fleetmqtt.target_devices(args["devices"], task_vars)
             limit = fleetcfg.tolerance(args["max_failures"], len(devices))
-        except fleetcfg.FleetConfigError as e:
+        except (fleetmqtt.FleetMqttError, fleetcfg.FleetConfigError) as e:
             raise AnsibleActionFail("device_config: %s" % e)
         hostvars = task_vars.get("hostvars") or {}
 
@@ -68,8 +63,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("device_config: nothing was published: %d device(s) have a bad desired config:\n%s%s"
                                     % (len(errors), "\n".join(shown), more))
         try:
-            settings = fleetmqtt.broker_settings(args, task_vars)
-            session = fleetmqtt.FleetSession(**settings).connect(args["connect_timeout"])
+            session = fleetmqtt.open_session(args, task_vars)
         except fleetmqtt.FleetMqttError as e:
             raise AnsibleActionFail("device_config: %s" % e)
         try:

@@ -71,12 +71,10 @@ class ActionModule(ActionBase):
         if isinstance(image, dict):  # a manifest entry: its other keys (name, ...) are not ours
             self._task.args["image"] = dict((k, v) for k, v in image.items() if k in IMAGE_SPEC)
         _, args = self.validate_argument_spec(argument_spec=ARGSPEC)
-        devices = args["devices"]
-        if devices is None:
-            devices = list(task_vars.get("ansible_play_hosts") or [])
-        devices = sorted(set(devices))
-        if not devices:
-            raise AnsibleActionFail("ota_rollout: no devices (the play's hosts, or the devices option, are empty)")
+        try:
+            devices = fleetmqtt.target_devices(args["devices"], task_vars)
+        except fleetmqtt.FleetMqttError as e:
+            raise AnsibleActionFail("ota_rollout: %s" % e)
         bad = [d for d in devices if contract.parse_topic("site/x/%s/%s/cmd" % (d.rpartition("-")[0], d)) is None]
         if bad:
             raise AnsibleActionFail("ota_rollout: not device ids (<kind>-<short8>): %s" % ", ".join(bad[:20]))
@@ -104,8 +102,7 @@ class ActionModule(ActionBase):
             state_dir = os.path.join(secrets, "rollouts")
         path = rollout.state_path(state_dir, args["rollout_id"], image["sha256"])
         try:
-            settings = fleetmqtt.broker_settings(args, task_vars)
-            session = fleetmqtt.FleetSession(**settings).connect(args["connect_timeout"])
+            session = fleetmqtt.open_session(args, task_vars)
         except fleetmqtt.FleetMqttError as e:
             raise AnsibleActionFail("ota_rollout: %s" % e)
         try:

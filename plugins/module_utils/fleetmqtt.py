@@ -142,6 +142,22 @@ def broker_settings(args, task_vars, read_file=None):
             "username": username, "password": password, "site": site}
 
 
+def target_devices(devices, task_vars):
+    """The devices a fleet task acts on: its devices option, else the play's
+    hosts (so --limit works); sorted, without duplicates."""
+    if devices is None:
+        devices = task_vars.get("ansible_play_hosts") or []
+    devices = sorted(set(devices))
+    if not devices:
+        raise FleetMqttError("no devices (the play's hosts, or the devices option, are empty)")
+    return devices
+
+
+def open_session(args, task_vars):
+    """A connected FleetSession to the broker that *args* and the inventory name."""
+    return FleetSession(**broker_settings(args, task_vars)).connect(args["connect_timeout"])
+
+
 def _read_secret(path):
     with open(path) as f:
         return f.read().strip()

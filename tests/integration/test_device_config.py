@@ -17,6 +17,11 @@ def configs_seen(client):
     return [json.loads(m.payload) for m in client.messages() if m.topic.endswith("/cfg") and m.payload]
 
 
+async def all_online(ctl):
+    for d, _, _ in DEVICES:
+        await online(ctl, d)
+
+
 async def with_fleet(sims, scenario):
     tasks = [s.start() for s in sims]
     try:
@@ -35,8 +40,7 @@ def test_config_is_applied_confirmed_and_not_sent_again(site, tmp_path):
     ctl = watcher(site.broker, "controller", f"site/{SITE}/+/+/status")
 
     async def scenario():
-        for d, _, _ in DEVICES:
-            await online(ctl, d)
+        await all_online(ctl)
         first = await run_playbook("configure.yml", inv)
         after_first.update({s.device.id: dict(s.device.config) for s in sims})
         cfg_watch = watcher(site.broker, "controller", f"site/{SITE}/+/+/cfg")
@@ -88,8 +92,7 @@ def test_a_rejected_config_is_reported_with_the_devices_reason(site, tmp_path):
     ctl = watcher(site.broker, "controller", f"site/{SITE}/+/+/status")
 
     async def scenario():
-        for d, _, _ in DEVICES:
-            await online(ctl, d)
+        await all_online(ctl)
         strict = await run_playbook("configure.yml", inv)
         tolerant = await run_playbook("configure.yml", inv, "-e", "configure_max_failures=1")
         return strict, tolerant
@@ -116,8 +119,7 @@ def test_offline_devices_are_reported_and_take_the_config_when_back(site, tmp_pa
     psu = sims[0]  # the simulated devices come in DEVICES order
 
     async def scenario():
-        for d, _, _ in DEVICES:
-            await online(ctl, d)
+        await all_online(ctl)
         await psu.power_off()  # a power cut: the broker publishes its will (online: false)
         await until(lambda: payloads(ctl, "status", PSU)[-1] == {"online": False}, 10, "psu offline")
         play = await run_playbook("configure.yml", inv)
@@ -146,8 +148,7 @@ def test_check_mode_publishes_nothing_and_diffs_desired_against_reported(site, t
         assert c.subscribe(topic(d, "cmd"), 1) == [1]
 
     async def scenario():
-        for d, _, _ in DEVICES:
-            await online(ctl, d)
+        await all_online(ctl)
         play = await run_playbook("configure.yml", inv, "--check", "--diff")
         await asyncio.sleep(0.5)
         return play
@@ -201,8 +202,7 @@ def test_configure_runs_on_the_fleet_the_broker_knows(site, tmp_path):
     ctl = watcher(site.broker, "controller", f"site/{SITE}/+/+/status")
 
     async def scenario():
-        for d, _, _ in DEVICES:
-            await online(ctl, d)
+        await all_online(ctl)
         return await run_playbook("configure.yml", inv)
 
     play = asyncio.run(with_fleet(sims, scenario))
