@@ -170,7 +170,8 @@ class Rollout(object):
             if m.channel == "status":
                 self.status[m.device_id] = _decode(m.payload)
         on_version = [d for d in self.devices if (self.status.get(d) or {}).get("fw") == version]
-        todo = [d for d in self.devices if d not in set(on_version)]
+        already = set(on_version)
+        todo = [d for d in self.devices if d not in already]
         if not self.check_mode:
             self.lock()  # before reading the state file: another run may still be writing it
         now = time.time()
@@ -267,7 +268,7 @@ class Rollout(object):
             now = time.time()
             for t in trackers:
                 self.dirty |= t.tick(now)
-            if self.state.aborted is None:
+            if self.state.aborted is None and self.dirty:  # counting every device's state costs: only on changes
                 reason = self.policy.check(*self.state.executed())
                 if reason:
                     self.state.abort(i, reason, now)
