@@ -10,6 +10,14 @@ for sub in ("collections", "plugins/filter", "tools/pylib", "tests/firmware/mpy"
 
 
 import pytest  # noqa: E402
+from ansible.plugins.loader import init_plugin_loader  # noqa: E402
+
+# Ansible's collection finder, set up the way ansible-playbook does it (with
+# ansible.cfg's collections_path), before any test imports
+# ansible_collections.edgefleet.site: once a test installs the finder (some
+# need Ansible's plugin loader), a collection package imported before it
+# without the finder can no longer import its subpackages.
+init_plugin_loader([str(ROOT / "collections")])
 
 
 @pytest.fixture

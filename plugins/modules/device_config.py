@@ -91,7 +91,8 @@ EXAMPLES = r"""
   hosts: localhost
   gather_facts: false
   tasks:
-    - edgefleet.site.device_config:
+    - name: Configure the ovens
+      edgefleet.site.device_config:
         devices: "{{ groups['oven'] }}"
         broker_host: controller.plant.example
         tls: true

@@ -127,7 +127,8 @@ EXAMPLES = r"""
   hosts: fleet
   gather_facts: false
   tasks:
-    - edgefleet.site.ota_rollout:
+    - name: Roll out app 0.9.0
+      edgefleet.site.ota_rollout:
         rollout_id: app-0.9.0
         image:
           version: 0.9.0
@@ -146,7 +147,8 @@ EXAMPLES = r"""
   hosts: fleet
   gather_facts: false
   tasks:
-    - edgefleet.site.ota_rollout:
+    - name: Roll out MicroPython 1.27.0
+      edgefleet.site.ota_rollout:
         rollout_id: fw-1.27.0
         image: "{{ manifest.images | selectattr('version', 'eq', '1.27.0') | first }}"
         canary: 1

@@ -22,11 +22,14 @@ from ansible.plugins.loader import init_plugin_loader
 import promqueries
 from rolerender import render, role_vars, value
 
-# Lookups (password, file) in the role's templates need Ansible's plugin
-# loader, which ansible-playbook would have set up.
-init_plugin_loader()
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+# Lookups (password, file) in the role's templates need Ansible's plugin
+# loader, which ansible-playbook would have set up. It installs Ansible's
+# collection finder for the whole test process: give it the in-place
+# collection (ansible.cfg's collections_path), or tests collected after this
+# one cannot import ansible_collections.edgefleet.site.
+init_plugin_loader([str(ROOT / "collections")])
 ROLE = ROOT / "roles" / "grafana"
 CHECKER = ROLE / "files" / "grafana-check-provisioning"
 UIDS = {"edgefleet-fleet", "edgefleet-device", "edgefleet-broker", "edgefleet-ota"}
