@@ -171,13 +171,13 @@ class Rollout(object):
                 self.status[m.device_id] = _decode(m.payload)
         on_version = [d for d in self.devices if (self.status.get(d) or {}).get("fw") == version]
         already = set(on_version)
-        todo = [d for d in self.devices if d not in already]
+        to_update = [d for d in self.devices if d not in already]
         if not self.check_mode:
             self.lock()  # before reading the state file: another run may still be writing it
         now = time.time()
         self.state = rollout.RolloutState.open(
             self.path, args["rollout_id"], self.image,
-            lambda: rollout.plan_waves(todo, args["rollout_id"], args["canary"], self.waves,
+            lambda: rollout.plan_waves(to_update, args["rollout_id"], args["canary"], self.waves,
                                        args["increment_factor"]), now)
         outside = sorted(set(self.devices) - set(self.state.devices))
         if outside:

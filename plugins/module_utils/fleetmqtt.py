@@ -168,7 +168,7 @@ class FleetSession:
     reads :meth:`events` and publishes."""
 
     def __init__(self, host, port, username, password, site, tls=False, ca_file=None, client_id=None,
-                 keepalive=60, max_inflight=1000, **_ignored):
+                 keepalive=60, max_inflight=1000):
         require_paho()
         self.host, self.port, self.site, self.username = host, port, site, username
         self.client_id = client_id or "%s-%s" % (username, uuid.uuid4().hex[:10])
@@ -191,6 +191,7 @@ class FleetSession:
         self._subacks = {}
         self._pending = collections.deque()  # MQTTMessageInfo of QoS 1 publishes not yet acknowledged
         self._syncs = set()
+        self._sync_subscribed = False
         self.foreign = 0  # messages on topics that are not device topics of this site
         c = self.client
         c.on_connect, c.on_message, c.on_subscribe = self._on_connect, self._on_message, self._on_subscribe
@@ -289,7 +290,7 @@ class FleetSession:
     def sync(self, timeout=10.0):
         """Return once every message the broker had queued for this session
         before now has arrived (see the module docstring)."""
-        if not getattr(self, "_sync_subscribed", False):
+        if not self._sync_subscribed:
             with self._cond:
                 result, mid = self.client.subscribe(self.sync_topic, 0)
             self._wait(lambda: mid in self._subacks, timeout, "SUBACK")

@@ -43,7 +43,7 @@ between the save and the publish leaves devices COMMANDED that never got the
 command: on resume they time out (a failure to look at), they are never
 commanded again. One run goes::
 
-    state = RolloutState.open(path, rid, image, lambda: plan_waves(todo, rid, ...), now)
+    state = RolloutState.open(path, rid, image, lambda: plan_waves(to_update, rid, ...), now)
     state.add_skipped(already_on_version); state.save()
     for each record COMMANDED or CONFIRMED (a resume): tracker.resumed(retained status or None, now)
     for each wave, in order, unless aborted:
