@@ -1,9 +1,10 @@
 # edgefleet: the two commands most people need are `make lab` and `make test`.
-.PHONY: help test test-slow test-arm64 test-soak lab lab-down clean
+.PHONY: help test test-slow test-arm64 test-soak lab lab-down lab-rollout clean
 
 help:
 	@echo "make lab         create the lab site controller (local container) and run site.yml against it"
 	@echo "make lab-down    remove the lab controller container (generated lab secrets are kept)"
+	@echo "make lab-rollout on the running lab: push a config change, then roll a new app bundle out in waves"
 	@echo "make test        the whole suite: lint, pytest, every Molecule scenario"
 	@echo "make test-slow   the minutes-long load and outage tests that make test leaves out (slow)"
 	@echo "make test-arm64  converge the mosquitto scenario on an arm64 container under qemu (slow)"
@@ -26,6 +27,9 @@ lab:
 
 lab-down:
 	bash tools/lab.sh down
+
+lab-rollout:
+	bash tools/lab.sh rollout
 
 clean:
 	rm -rf .venv .pytest_cache
