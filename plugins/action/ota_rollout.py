@@ -93,16 +93,17 @@ class ActionModule(ActionBase):
                     raise rollout.RolloutError("%s: %r is not a number of seconds" % (name, args[name]))
         except (rollout.RolloutError, contract.ContractError) as e:
             raise AnsibleActionFail("ota_rollout: %s" % e)
+        site = fleetmqtt.site_vars(task_vars, self._templar.template)
         state_dir = args["state_dir"]
         if not state_dir:
-            secrets = task_vars.get("edgefleet_secrets_dir")
+            secrets = site.get("edgefleet_secrets_dir")
             if not secrets:
                 raise AnsibleActionFail("ota_rollout: set state_dir (or edgefleet_secrets_dir, whose rollouts/ "
                                         "holds the state files)")
             state_dir = os.path.join(secrets, "rollouts")
         path = rollout.state_path(state_dir, args["rollout_id"], image["sha256"])
         try:
-            session = fleetmqtt.open_session(args, task_vars)
+            session = fleetmqtt.open_session(args, site)
         except fleetmqtt.FleetMqttError as e:
             raise AnsibleActionFail("ota_rollout: %s" % e)
         try:

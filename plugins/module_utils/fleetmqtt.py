@@ -78,6 +78,27 @@ BROKER_ARGS = dict(
 Message = collections.namedtuple("Message", "device_id channel payload retain")
 
 
+# The inventory variables broker_settings reads (the action plugins template
+# them first: inventories write them as templates, such as
+# edgefleet_secrets_dir: "{{ inventory_dir | dirname | dirname }}/secrets/<site>").
+SITE_VARS = ("edgefleet_site", "edgefleet_broker_host", "edgefleet_fleet_tls", "edgefleet_broker_port",
+             "edgefleet_broker_tls_port", "edgefleet_secrets_dir", "mosquitto_passwords")
+
+
+def site_vars(task_vars, template):
+    """The SITE_VARS that *task_vars* has, each passed through *template*
+    (the action plugin's templar), as broker_settings takes them. A variable
+    that does not resolve raises FleetMqttError naming it."""
+    out = {}
+    for name in SITE_VARS:
+        if name in task_vars:
+            try:
+                out[name] = template(task_vars[name])
+            except Exception as e:  # the templar's errors (undefined variables, bad filters) name no variable
+                raise FleetMqttError("inventory variable %s: %s" % (name, e))
+    return out
+
+
 def broker_settings(args, task_vars, read_file=None):
     """The broker connection of a fleet plugin: each setting from the task's
     arguments, else from the site inventory's variables. Returns a dict with

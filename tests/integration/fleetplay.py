@@ -27,9 +27,13 @@ def write_inventory(path, broker, devices, group_vars=None, host_vars=None):
     hosts = {"all": {"children": {"fleet": {"children": {k: {"hosts": h} for k, h in kinds.items()}}}}}
     (path / "group_vars" / "all").mkdir(parents=True, exist_ok=True)
     (path / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    site = {"edgefleet_site": SITE, "edgefleet_broker_host": "127.0.0.1", "edgefleet_broker_port": broker.port,
-            "edgefleet_fleet_tls": False, "edgefleet_secrets_dir": str(path.parent / "secrets"),
-            "mosquitto_passwords": {"controller": SERVICE["controller"]}}
+    # Written as site inventories write them: templates, which the fleet
+    # plugins must resolve (the lab found one that did not).
+    site = {"edgefleet_site": SITE, "edgefleet_broker_host": "127.0.0.1",
+            "edgefleet_broker_port": "{{ test_broker_port }}", "test_broker_port": broker.port,
+            "edgefleet_fleet_tls": False, "edgefleet_secrets_dir": "{{ inventory_dir | dirname }}/secrets",
+            "mosquitto_passwords": {"controller": "{{ test_controller_password }}"},
+            "test_controller_password": SERVICE["controller"]}
     (path / "group_vars" / "all" / "site.yml").write_text(yaml.safe_dump(site))
     for group, values in (group_vars or {}).items():
         (path / "group_vars" / f"{group}.yml").write_text(yaml.safe_dump(values))

@@ -146,3 +146,17 @@ def test_broker_settings_come_from_the_inventory_and_the_secrets_dir(tmp_path):
 def test_broker_settings_errors_name_the_setting(args, task_vars, message):
     with pytest.raises(fleetmqtt.FleetMqttError, match=message.replace("(", r"\(")):
         fleetmqtt.broker_settings(args, task_vars)
+
+
+def test_site_vars_templates_only_the_broker_settings_and_names_a_variable_that_does_not_resolve():
+    def template(value):
+        if value == "{{ nope }}":
+            raise ValueError("'nope' is undefined")
+        return value.replace("{{ inventory_dir }}", "/inv") if isinstance(value, str) else value
+
+    task_vars = {"edgefleet_secrets_dir": "{{ inventory_dir }}/secrets", "edgefleet_broker_port": 1883,
+                 "unrelated": "{{ nope }}"}
+    assert fleetmqtt.site_vars(task_vars, template) == {"edgefleet_secrets_dir": "/inv/secrets",
+                                                        "edgefleet_broker_port": 1883}
+    with pytest.raises(fleetmqtt.FleetMqttError, match="inventory variable edgefleet_broker_host: 'nope' is undefined"):
+        fleetmqtt.site_vars(dict(task_vars, edgefleet_broker_host="{{ nope }}"), template)
