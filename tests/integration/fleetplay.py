@@ -17,14 +17,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
 
 
-def write_inventory(path, broker, devices, group_vars=None, host_vars=None):
+def write_inventory(path, broker, devices, group_vars=None, host_vars=None, controller=None):
     """A site inventory for *devices* [(id, kind, mac)] on the test broker
-    (plain listener, the controller user's password in mosquitto_passwords)."""
+    (plain listener, the controller user's password in mosquitto_passwords);
+    *controller*, if given, is the host vars of a site controller ctl01 in
+    the controller group."""
     path = pathlib.Path(path)
     kinds = {}
     for device_id, kind, mac in devices:
         kinds.setdefault(kind, {})[device_id] = {"device_mac": mac}
     hosts = {"all": {"children": {"fleet": {"children": {k: {"hosts": h} for k, h in kinds.items()}}}}}
+    if controller is not None:
+        hosts["all"]["children"]["controller"] = {"hosts": {"ctl01": controller}}
     (path / "group_vars" / "all").mkdir(parents=True, exist_ok=True)
     (path / "hosts.yml").write_text(yaml.safe_dump(hosts))
     # Written as site inventories write them: templates, which the fleet

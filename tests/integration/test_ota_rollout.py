@@ -17,9 +17,11 @@ import rollout
 from firmware.sim import fleet
 from fleetplay import run_playbook, start_playbook, write_inventory
 from simsite import SITE, make_site, payloads, until, watcher
+from rolerender import ROOT, load_file
 from www import Www
 
 NEW = "0.9.1"
+OTA_FILTERS = load_file(ROOT / "roles" / "ota_server" / "filter_plugins" / "ota_manifest.py")
 SPECS = fleet.generated_specs(8, mac_prefix=(0x24, 0x0A, 0xC5))
 IDS = [d for d, _, _ in SPECS]
 
@@ -171,18 +173,34 @@ def test_a_rollout_killed_mid_wave_resumes_without_commanding_anyone_twice(ota_s
 
 
 def test_check_mode_lists_the_waves_and_commands_nothing(ota_site, image, tmp_path):
+    """Also the manifest route: ota.yml finds the image by ota_version in the
+    manifest (written by the ota_server role's own filter) at the site
+    controller's ota_server_base_url."""
     sims = ota_site()
-    inv = inventory(ota_site, tmp_path)
+    base = image["url"].rsplit("/", 1)[0]
+    (tmp_path / "www" / "app" / NEW).mkdir(parents=True)
+    (tmp_path / "www" / "app.bundle").rename(tmp_path / "www" / "app" / NEW / "app.bundle")
+    entries = OTA_FILTERS.edgefleet_ota_entries([{"src": "/build/app.bundle", "version": NEW, "payload": "app"},
+                                                 {"src": "/build/old.bundle", "version": "0.9.0", "payload": "app"}],
+                                                base, "/srv/ota")
+    (tmp_path / "www" / "manifest.json").write_text(OTA_FILTERS.edgefleet_ota_manifest(
+        entries, [{"size": image["size"], "sha256": image["sha256"]}, {"size": 1, "sha256": "0" * 64}], base, SITE))
+    inv = write_inventory(tmp_path / "inv", ota_site.broker, SPECS, controller={"ota_server_base_url": base})
     ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
     assert ctl.subscribe(f"site/{SITE}/+/+/ota", 1) == [1]
     listeners = [watcher(ota_site.broker, d, f"site/{SITE}/{d.split('-')[0]}/{d}/cmd", password=f"pw-{d}")
                  for d in IDS]
 
     async def scenario():
-        return await run_playbook("ota.yml", inv, "--check", *extra(image, "chk"))
+        values = json.loads(extra(image, "chk")[1])
+        del values["ota_image"]
+        return await run_playbook("ota.yml", inv, "--check", "-e", json.dumps(dict(values, ota_version=NEW)))
 
     play = asyncio.run(fleet_running(sims, ctl, scenario))
     assert play.returncode == 0, play
+    picked = play.task("Pick the image")["ansible_facts"]["_ota_image"]
+    assert (picked["url"], picked["sha256"], picked["version"]) == (image["url"].replace(
+        "/app.bundle", f"/app/{NEW}/app.bundle"), image["sha256"], NEW)
     r = play.task("Roll out")
     assert [w["devices"] for w in r["waves"]] == plan("chk")
     assert "3 wave(s) over 8 device(s) (1, 3, 4)" in r["msg"]
