@@ -39,6 +39,7 @@ Prints Markdown tables.
 """
 
 import argparse
+import contextlib
 import json
 import pathlib
 import re
@@ -49,7 +50,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import fleetbench as fb  # noqa: E402  (sets sys.path for the project)
-from fleetbench import BIN, ROOT, SITE  # noqa: E402
+from fleetbench import BIN, ROOT  # noqa: E402
 
 import fleetcfg  # noqa: E402  (plugins/module_utils, on sys.path through firmware.sim)
 
@@ -141,52 +142,45 @@ def measure(count, args, compare):
     out = {"devices": count}
     specs = fb.fleet.generated_specs(count)
     ids = [d for d, _, _ in specs]
-    with tempfile.TemporaryDirectory(prefix="cfgbench-") as tmp:
-        ntp = broker = watch = procs = None
-        try:
-            ntp = fb.NtpServer()
-            broker, facts = fb.start_broker(tmp, ids)
-            out.update(facts)
-            watch = fb.Watch(broker.port, channels=("status", "cfg/ack", "cfg"))
-            t0 = time.monotonic()
-            procs = fb.FleetProcs(pathlib.Path(tmp) / "fleet", specs, broker.port, 1.0, ntp.address,
-                                  per_proc=args.per_proc, settings={"reconnect_spread_s": 5})
-            out["procs"] = len(procs.procs)
-            procs.wait_started(300)
-            watch.wait_online(ids, 300, procs)
-            out["online_s"] = time.monotonic() - t0
+    with tempfile.TemporaryDirectory(prefix="cfgbench-") as tmp, contextlib.ExitStack() as cleanup:
+        ntp = fb.NtpServer()
+        cleanup.callback(ntp.close)
+        broker, facts = fb.start_broker(tmp, ids)
+        cleanup.callback(broker.stop)
+        out.update(facts)
+        watch = fb.Watch(broker.port, channels=("status", "cfg/ack", "cfg"))
+        cleanup.callback(watch.close)
+        t0 = time.monotonic()
+        procs = fb.FleetProcs(pathlib.Path(tmp) / "fleet", specs, broker.port, 1.0, ntp.address,
+                              per_proc=args.per_proc, settings={"reconnect_spread_s": 5})
+        cleanup.callback(procs.stop)
+        out["procs"] = len(procs.procs)
+        procs.wait_started(300)
+        watch.wait_online(ids, 300, procs)
+        out["online_s"] = time.monotonic() - t0
+        time.sleep(args.settle)
+        out["online"] = watch.online(ids)
+        inv = fb.write_inventory(pathlib.Path(tmp) / "inv", broker.port, specs,
+                                 group_vars={"fleet": {"device_config_fleet": DESIRED}})
+        out["dc"] = device_config_run(inv, broker, procs, watch)
+        if args.profile:
+            # a second push (another change), under cProfile; not timed
             time.sleep(args.settle)
-            out["online"] = watch.online(ids)
-            inv = fb.write_inventory(pathlib.Path(tmp) / "inv", broker.port, specs,
-                                     group_vars={"fleet": {"device_config_fleet": DESIRED}})
-            out["dc"] = device_config_run(inv, broker, procs, watch)
-            if args.profile:
-                # a second push (another change), under cProfile; not timed
-                time.sleep(args.settle)
-                fb.write_inventory(inv, broker.port, specs,
-                                   group_vars={"fleet": {"device_config_fleet": {"publish_interval_s": 40}}})
-                prof = pathlib.Path(args.profile) / ("dc-%d" % count)
-                prof.mkdir(parents=True, exist_ok=True)
-                out["dc_prof"] = device_config_run(inv, broker, procs, watch, profile_dir=prof)
-                for f in sorted(prof.glob("worker-*.prof")):
-                    print("== %s (the action's worker), by cumulative time" % f, file=sys.stderr)
-                    fb.print_profile(f, 40)
-                    print("== %s by own time" % f, file=sys.stderr)
-                    fb.print_profile(f, 25, sort="tottime")
-                print("== main process, by own time", file=sys.stderr)
-                fb.print_profile(prof / "main.prof", 25, sort="tottime")
-            if compare:
-                time.sleep(args.settle)
-                out["ph"] = per_host_run(tmp, inv, broker, procs, watch, count)
-        finally:
-            if watch:
-                watch.close()
-            if procs:
-                procs.stop()
-            if broker:
-                broker.stop()
-            if ntp:
-                ntp.close()
+            fb.write_inventory(inv, broker.port, specs,
+                               group_vars={"fleet": {"device_config_fleet": {"publish_interval_s": 40}}})
+            prof = pathlib.Path(args.profile) / ("dc-%d" % count)
+            prof.mkdir(parents=True, exist_ok=True)
+            out["dc_prof"] = device_config_run(inv, broker, procs, watch, profile_dir=prof)
+            for f in sorted(prof.glob("worker-*.prof")):
+                print("== %s (the action's worker), by cumulative time" % f, file=sys.stderr)
+                fb.print_profile(f, 40)
+                print("== %s by own time" % f, file=sys.stderr)
+                fb.print_profile(f, 25, sort="tottime")
+            print("== main process, by own time", file=sys.stderr)
+            fb.print_profile(prof / "main.prof", 25, sort="tottime")
+        if compare:
+            time.sleep(args.settle)
+            out["ph"] = per_host_run(tmp, inv, broker, procs, watch, count)
     return out
 
 

@@ -39,6 +39,8 @@ Prints Markdown tables; every device that did not succeed is listed.
 """
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -95,58 +97,49 @@ def main():
     ids = [d for d, _, _ in specs]
     rid = "bench-%d" % int(time.time())
     bundle = make_bundle()
-    with tempfile.TemporaryDirectory(prefix="otabench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="otabench-") as tmp, contextlib.ExitStack() as cleanup:
         tmp = pathlib.Path(tmp)
-        ntp = broker = watch = procs = http = None
-        try:
-            (tmp / "www").mkdir()
-            http = fb.http_server(args.http, tmp / "www")
-            (tmp / "www" / "app.bundle").write_bytes(bundle)
-            import hashlib
-            image = {"version": NEW, "payload": "app", "url": http.url + "/app.bundle", "size": len(bundle),
-                     "sha256": hashlib.sha256(bundle).hexdigest()}
-            plan = rollout.plan_waves(ids, rid, 1, WAVES)
-            print("HTTP server: %s; bundle %d bytes; waves (rollout.plan_waves): %s; soak %g s; device_timeout "
-                  "%g s; devices: time_scale %g, light config, <= %d per child process"
-                  % (http.name, len(bundle), ", ".join(str(len(w)) for w in plan), args.soak, args.device_timeout,
-                     args.time_scale, args.per_proc))
-            print(flush=True)
-            ntp = fb.NtpServer()
-            broker, facts = fb.start_broker(tmp, ids)
-            watch = fb.Watch(broker.port, channels=("status", "ota"))
-            t0 = time.monotonic()
-            procs = fb.FleetProcs(tmp / "fleet", specs, broker.port, args.time_scale, ntp.address,
-                                  per_proc=args.per_proc, settings={"reconnect_spread_s": 5})
-            procs.wait_started(300)
-            watch.wait_online(ids, 300, procs)
-            online_s = time.monotonic() - t0
-            time.sleep(3)
-            inv = fb.write_inventory(tmp / "inv", broker.port, specs)
-            extra = {"ota_image": image, "ota_rollout_id": rid, "ota_canary": 1, "ota_waves": WAVES,
-                     "ota_soak": args.soak, "ota_device_timeout": args.device_timeout, "ota_abort_percent": 10,
-                     "ota_abort_min_executed": 5}
-            b0, s0, h0 = fb.broker_cpu(broker), procs.cpu(), http.cpu()
-            run = fb.PlayRun([str(BIN / "ansible-playbook"), str(ROOT / "playbooks" / "ota.yml"), "-i", str(inv),
-                              "-e", json.dumps(extra)], timeout=600)
-            b1, s1, h1 = fb.broker_cpu(broker), procs.cpu(), http.cpu()
-            time.sleep(0.5)
-            requests, served, bad = http.served()
-            result, task_s, task_start = run.task("Roll out")
-            state = json.loads(pathlib.Path(result["state_file"]).read_text())
-            phases = device_phases(watch, rollout.command_id(rid, image["sha256"]))
-            fw_new = sum(1 for d in ids if (watch.status.get(d) or {}).get("fw") == NEW
-                         and (watch.status.get(d) or {}).get("online"))
-        finally:
-            if watch:
-                watch.close()
-            if procs:
-                procs.stop()
-            if broker:
-                broker.stop()
-            if http:
-                http.close()
-            if ntp:
-                ntp.close()
+        (tmp / "www").mkdir()
+        http = fb.http_server(args.http, tmp / "www")
+        cleanup.callback(http.close)
+        (tmp / "www" / "app.bundle").write_bytes(bundle)
+        image = {"version": NEW, "payload": "app", "url": http.url + "/app.bundle", "size": len(bundle),
+                 "sha256": hashlib.sha256(bundle).hexdigest()}
+        plan = rollout.plan_waves(ids, rid, 1, WAVES)
+        print("HTTP server: %s; bundle %d bytes; waves (rollout.plan_waves): %s; soak %g s; device_timeout "
+              "%g s; devices: time_scale %g, light config, <= %d per child process"
+              % (http.name, len(bundle), ", ".join(str(len(w)) for w in plan), args.soak, args.device_timeout,
+                 args.time_scale, args.per_proc))
+        print(flush=True)
+        ntp = fb.NtpServer()
+        cleanup.callback(ntp.close)
+        broker, facts = fb.start_broker(tmp, ids)
+        cleanup.callback(broker.stop)
+        watch = fb.Watch(broker.port, channels=("status", "ota"))
+        cleanup.callback(watch.close)
+        t0 = time.monotonic()
+        procs = fb.FleetProcs(tmp / "fleet", specs, broker.port, args.time_scale, ntp.address,
+                              per_proc=args.per_proc, settings={"reconnect_spread_s": 5})
+        cleanup.callback(procs.stop)
+        procs.wait_started(300)
+        watch.wait_online(ids, 300, procs)
+        online_s = time.monotonic() - t0
+        time.sleep(3)
+        inv = fb.write_inventory(tmp / "inv", broker.port, specs)
+        extra = {"ota_image": image, "ota_rollout_id": rid, "ota_canary": 1, "ota_waves": WAVES,
+                 "ota_soak": args.soak, "ota_device_timeout": args.device_timeout, "ota_abort_percent": 10,
+                 "ota_abort_min_executed": 5}
+        b0, s0, h0 = fb.broker_cpu(broker), procs.cpu(), http.cpu()
+        run = fb.PlayRun([str(BIN / "ansible-playbook"), str(ROOT / "playbooks" / "ota.yml"), "-i", str(inv),
+                          "-e", json.dumps(extra)], timeout=600)
+        b1, s1, h1 = fb.broker_cpu(broker), procs.cpu(), http.cpu()
+        time.sleep(0.5)
+        requests, served, bad = http.served()
+        result, task_s, task_start = run.task("Roll out")
+        state = json.loads(pathlib.Path(result["state_file"]).read_text())
+        phases = device_phases(watch, rollout.command_id(rid, image["sha256"]))
+        fw_new = sum(1 for d in ids if (watch.status.get(d) or {}).get("fw") == NEW
+                     and (watch.status.get(d) or {}).get("online"))
 
     if run.returncode != 0:
         print(run.tail(), file=sys.stderr)

@@ -119,11 +119,9 @@ if setup; then
     scenario=$(basename "$(dirname "$scenario_file")")
     if [ "$scenario" = site ]; then
       stage_beside "pytest (not the slow ones: make test-slow)" python -m pytest -m "not slow"
-      stage "molecule test -s $scenario" molecule_scenario "$scenario" test
-      stage_collect
-    else
-      stage "molecule test -s $scenario" molecule_scenario "$scenario" test
     fi
+    stage "molecule test -s $scenario" molecule_scenario "$scenario" test
+    if [ "$scenario" = site ]; then stage_collect; fi
   done
 fi
 [ -n "${EDGEFLEET_RUN_ID:-}" ] && rm -rf "$(molecule_state_dir)"

@@ -67,8 +67,8 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("device_config: nothing was published: %d device(s) have a bad desired config:\n%s%s"
                                     % (len(errors), "\n".join(shown), more))
         try:
-            site = fleetmqtt.site_vars(task_vars, self._templar.template)
-            session = fleetmqtt.open_session(args, site)
+            inventory_vars = fleetmqtt.site_vars(task_vars, self._templar.template)
+            session = fleetmqtt.open_session(args, inventory_vars)
         except fleetmqtt.FleetMqttError as e:
             raise AnsibleActionFail("device_config: %s" % e)
         try:

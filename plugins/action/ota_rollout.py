@@ -93,17 +93,17 @@ class ActionModule(ActionBase):
                     raise rollout.RolloutError("%s: %r is not a number of seconds" % (name, args[name]))
         except (rollout.RolloutError, contract.ContractError) as e:
             raise AnsibleActionFail("ota_rollout: %s" % e)
-        site = fleetmqtt.site_vars(task_vars, self._templar.template)
+        inventory_vars = fleetmqtt.site_vars(task_vars, self._templar.template)
         state_dir = args["state_dir"]
         if not state_dir:
-            secrets = site.get("edgefleet_secrets_dir")
+            secrets = inventory_vars.get("edgefleet_secrets_dir")
             if not secrets:
                 raise AnsibleActionFail("ota_rollout: set state_dir (or edgefleet_secrets_dir, whose rollouts/ "
                                         "holds the state files)")
             state_dir = os.path.join(secrets, "rollouts")
         path = rollout.state_path(state_dir, args["rollout_id"], image["sha256"])
         try:
-            session = fleetmqtt.open_session(args, site)
+            session = fleetmqtt.open_session(args, inventory_vars)
         except fleetmqtt.FleetMqttError as e:
             raise AnsibleActionFail("ota_rollout: %s" % e)
         try:

@@ -45,9 +45,12 @@ def inventory(site, tmp_path):
 
 
 def extra(image, rollout_id, **kw):
-    values = dict({"ota_image": image, "ota_rollout_id": rollout_id, "ota_canary": 1, "ota_waves": [3, "100%"],
+    """ota.yml's extra vars; image None: none given (ota.yml reads the manifest)."""
+    values = dict({"ota_rollout_id": rollout_id, "ota_canary": 1, "ota_waves": [3, "100%"],
                    "ota_soak": 1, "ota_device_timeout": 30, "ota_abort_percent": 30, "ota_abort_min_executed": 3},
                   **kw)
+    if image is not None:
+        values["ota_image"] = image
     return ["-e", json.dumps(values)]
 
 
@@ -192,9 +195,7 @@ def test_check_mode_lists_the_waves_and_commands_nothing(ota_site, image, tmp_pa
                  for d in IDS]
 
     async def scenario():
-        values = json.loads(extra(image, "chk")[1])
-        del values["ota_image"]
-        return await run_playbook("ota.yml", inv, "--check", "-e", json.dumps(dict(values, ota_version=NEW)))
+        return await run_playbook("ota.yml", inv, "--check", *extra(None, "chk", ota_version=NEW))
 
     play = asyncio.run(fleet_running(sims, ctl, scenario))
     assert play.returncode == 0, play

@@ -17,19 +17,14 @@ import subprocess
 
 import pytest
 import yaml
-from ansible.plugins.loader import init_plugin_loader
 
 import promqueries
 from rolerender import render, role_vars, value
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
 # Lookups (password, file) in the role's templates need Ansible's plugin
-# loader, which ansible-playbook would have set up. It installs Ansible's
-# collection finder for the whole test process: give it the in-place
-# collection (ansible.cfg's collections_path), or tests collected after this
-# one cannot import ansible_collections.edgefleet.site.
-init_plugin_loader([str(ROOT / "collections")])
+# loader, which ansible-playbook would have set up: tests/conftest.py sets it
+# up for every test.
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "grafana"
 CHECKER = ROLE / "files" / "grafana-check-provisioning"
 UIDS = {"edgefleet-fleet", "edgefleet-device", "edgefleet-broker", "edgefleet-ota"}
