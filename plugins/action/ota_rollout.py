@@ -93,7 +93,10 @@ class ActionModule(ActionBase):
                     raise rollout.RolloutError("%s: %r is not a number of seconds" % (name, args[name]))
         except (rollout.RolloutError, contract.ContractError) as e:
             raise AnsibleActionFail("ota_rollout: %s" % e)
-        inventory_vars = fleetmqtt.site_vars(task_vars, self._templar.template)
+        try:
+            inventory_vars = fleetmqtt.site_vars(task_vars, self._templar.template)
+        except fleetmqtt.FleetMqttError as e:
+            raise AnsibleActionFail("ota_rollout: %s" % e)
         state_dir = args["state_dir"]
         if not state_dir:
             secrets = inventory_vars.get("edgefleet_secrets_dir")

@@ -208,3 +208,13 @@ def test_check_mode_lists_the_waves_and_commands_nothing(ota_site, image, tmp_pa
     assert not os.path.exists(r["state_file"])
     for c in listeners:
         assert c.messages() == []
+
+
+def test_an_inventory_variable_that_does_not_resolve_fails_the_task_by_name(ota_site, image, tmp_path):
+    """Before anything is read or commanded: no fleet needs to run."""
+    inv = inventory(ota_site, tmp_path)
+    play = asyncio.run(run_playbook("ota.yml", inv, "--check", *extra(image, "bad"),
+                                    "-e", "edgefleet_secrets_dir={{ no_such_variable }}/x"))
+    assert play.returncode != 0, play
+    msg = play.task("Roll out")["msg"]
+    assert msg.startswith("ota_rollout: inventory variable edgefleet_secrets_dir:") and "no_such_variable" in msg, msg
