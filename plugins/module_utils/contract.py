@@ -15,13 +15,20 @@ DEVICE_READS = ("cfg", "cmd")
 RETAINED = ("status", "announce", "cfg")
 CHANNELS = DEVICE_WRITES + DEVICE_READS
 
-COMMANDS = ("ota", "reboot")
+COMMANDS = ("ota", "reboot", "signing_key")
 CMD_RESULTS = ("accepted", "rejected")
 OTA_PAYLOADS = ("app", "firmware")
 OTA_STATES = ("downloading", "verifying", "rebooting", "confirmed", "failed", "rolled_back")
 OTA_FINAL_STATES = ("confirmed", "failed", "rolled_back")
 OTA_DEFAULT_TIMEOUT_S = 30
 MAX_COMMAND_ID = 64
+# Signed updates: ECDSA over NIST P-256 with SHA-256. A signature is r||s
+# (IEEE P1363, 64 bytes), a public key the uncompressed SEC1 point
+# (0x04||X||Y, 65 bytes); both travel as lower-case hex.
+SIGNATURE_SCHEME = "ecdsa-p256-sha256"
+SIGNATURE_HEX = 128
+PUBLIC_KEY_HEX = 130
+MAX_SECURITY_VERSION = 0x7FFFFFFF
 
 
 class ContractError(ValueError):
@@ -113,10 +120,78 @@ def reboot_command(cmd_id):
 
 # --- OTA (channels cmd and ota) ----------------------------------------------------
 
+def _is_hex(value, length):
+    return (isinstance(value, str) and len(value) == length
+            and all(c in "0123456789abcdef" for c in value))
+
+
+def check_signature(signature, what="signature"):
+    """A signature as it travels: 128 lower-case hex digits (r||s)."""
+    if not _is_hex(signature, SIGNATURE_HEX):
+        raise ContractError("%s must be %d lower-case hex digits (ECDSA P-256 r||s), got %r"
+                            % (what, SIGNATURE_HEX, signature if not isinstance(signature, str) else signature[:40]))
+    return signature
+
+
+def check_public_key(key, what="signing key"):
+    """A public key as it travels: 130 lower-case hex digits, ``04`` first
+    (an uncompressed P-256 point)."""
+    if not _is_hex(key, PUBLIC_KEY_HEX) or not key.startswith("04"):
+        raise ContractError("%s must be %d lower-case hex digits starting 04 (an uncompressed P-256 point), got %r"
+                            % (what, PUBLIC_KEY_HEX, key if not isinstance(key, str) else key[:40]))
+    return key
+
+
+def check_security_version(value):
+    if not _is_int(value) or not 0 <= value <= MAX_SECURITY_VERSION:
+        raise ContractError("security_version must be an integer 0..%d, got %r" % (MAX_SECURITY_VERSION, value))
+    return value
+
+
+def ota_signed_message(payload, version, size, sha256, security_version):
+    """The bytes the site's signing key signs for one manifest entry: the
+    payload kind, version, size, sha256 and security version, one per
+    line after a domain tag. The URL is not signed (it is transport only);
+    nothing else in the command changes what is installed."""
+    return ("edgefleet-ota-1\n%s\n%s\n%d\n%s\n%d\n" % (payload, version, size, sha256.lower(),
+                                                          security_version)).encode()
+
+
+def key_rotation_message(new_key):
+    """The bytes the current signing key signs to hand over to *new_key*."""
+    return ("edgefleet-signing-key-1\n%s\n" % check_public_key(new_key, "new signing key")).encode()
+
+
+def signing_key_command(cmd_id, key, signature):
+    """Hand a device over to a new signing key: ``{"id", "cmd":
+    "signing_key", "key", "signature"}``; *signature* is by the current
+    key over key_rotation_message(key). Answered on ``cmd/ack``."""
+    cmd = {"id": check_command_id(cmd_id), "cmd": "signing_key", "key": key, "signature": signature}
+    check_signing_key_command(cmd)
+    return cmd
+
+
+def check_signing_key_command(cmd):
+    """(key, signature) of a signing_key command, formats checked."""
+    return check_public_key(cmd.get("key"), "new signing key"), check_signature(cmd.get("signature"))
+
+
+def ota_signed_fields(cmd):
+    """(security_version, signature) of an ota command, or ContractError
+    naming what is missing: a device installs nothing unsigned."""
+    if "signature" not in cmd:
+        raise ContractError("unsigned image: the ota command carries no signature")
+    if "security_version" not in cmd:
+        raise ContractError("the ota command carries no security_version")
+    return check_security_version(cmd["security_version"]), check_signature(cmd["signature"])
+
+
 def check_ota_command(cmd):
     """Validate ``{"id", "cmd": "ota", "payload", "version", "url", "size",
-    "sha256"[, "timeout_s"]}``; return (payload, version, url, size,
-    sha256, timeout_s)."""
+    "sha256", "security_version", "signature"[, "timeout_s"]}`` (the last
+    two are checked by ota_signed_fields); return (payload, version, url,
+    size, sha256, timeout_s). Downloads are plain ``http://``: the image
+    is signed, and a device holds only one TLS session (its MQTT)."""
     for key in ("id", "payload", "version", "url", "size", "sha256"):
         if key not in cmd:
             raise ContractError("ota command without %s" % key)
@@ -127,11 +202,13 @@ def check_ota_command(cmd):
     if payload not in OTA_PAYLOADS:
         raise ContractError("unknown ota payload %r (app or firmware)" % (payload,))
     version = cmd["version"]
-    if not isinstance(version, str) or not 1 <= len(version) <= 32:
-        raise ContractError("ota version must be a string of 1-32 characters, got %r" % (version,))
+    if (not isinstance(version, str) or not 1 <= len(version) <= 32
+            or any(not (c.isalpha() or c.isdigit() or c in "._+-") for c in version)):
+        raise ContractError("ota version must be 1-32 of A-Z a-z 0-9 . _ + -, got %r" % (version,))
     url = cmd["url"]
-    if not isinstance(url, str) or not (url.startswith("http://") or url.startswith("https://")) or len(url) > 512:
-        raise ContractError("ota url must be http:// or https:// (at most 512 characters), got %r" % (url,))
+    if not isinstance(url, str) or not url.startswith("http://") or len(url) > 512:
+        raise ContractError("ota url must be http:// (at most 512 characters; the image is signed, and a device "
+                            "keeps its one TLS session for MQTT), got %r" % (url,))
     size = cmd["size"]
     if not _is_int(size) or size <= 0:
         raise ContractError("ota size must be a positive integer, got %r" % (size,))
@@ -144,13 +221,14 @@ def check_ota_command(cmd):
     return payload, version, url, size, digest.lower(), timeout_s
 
 
-def ota_command(cmd_id, payload, version, url, size, sha256, timeout_s=None):
+def ota_command(cmd_id, payload, version, url, size, sha256, security_version, signature, timeout_s=None):
     """The command the controller sends (validated like the device will)."""
     cmd = {"id": cmd_id, "cmd": "ota", "payload": payload, "version": version, "url": url, "size": size,
-           "sha256": sha256}
+           "sha256": sha256, "security_version": security_version, "signature": signature}
     if timeout_s is not None:
         cmd["timeout_s"] = timeout_s
     check_ota_command(cmd)
+    ota_signed_fields(cmd)
     return cmd
 
 
