@@ -54,27 +54,37 @@ def compiled_device(tmp_path_factory):
     return compile_device(tmp_path_factory.mktemp("mpy"))
 
 
-def _micropython_or_skip():
+def _micropython_or_skip(port):
     from interp import MicroPythonMissing, find_micropython
 
     try:
-        return find_micropython()
+        return find_micropython(port)
     except MicroPythonMissing as e:
         pytest.skip(str(e))
 
 
-@pytest.fixture(params=["cpython", "micropython"])
+@pytest.fixture(params=["cpython", "micropython", "micropython32"])
 def interp(request):
-    """Run the test under both interpreters (MicroPython: the unix port)."""
-    if request.param == "micropython":
-        _micropython_or_skip()
+    """Run the test under CPython and both builds of MicroPython's unix port
+    (64-bit, and 32-bit: an ESP32's word size)."""
+    if request.param != "cpython":
+        _micropython_or_skip(request.param)
+    return request.param
+
+
+@pytest.fixture(params=["micropython", "micropython32"])
+def mp_port(request):
+    """Each build of MicroPython's unix port by name (skipped, with the reason, where it is missing)."""
+    _micropython_or_skip(request.param)
     return request.param
 
 
 @pytest.fixture
-def micropython():
-    """The MicroPython unix port's path (the test is skipped, with the reason, where there is none)."""
-    return _micropython_or_skip()
+def micropython(mp_port):
+    """The path of each build of MicroPython's unix port in turn (64- and 32-bit)."""
+    from interp import find_micropython
+
+    return find_micropython(mp_port)
 
 
 @pytest.fixture

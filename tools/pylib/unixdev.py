@@ -54,7 +54,7 @@ def read_flash(path):
 
 class UnixDevice:
     def __init__(self, workdir, device, mac, heap=None, metrics_port=None, time_scale=1.0, roms=(), files=None,
-                 version="0.2.0"):
+                 version="0.2.0", binary=None):
         import firmware.image as image
 
         self.dir = pathlib.Path(workdir)
@@ -64,7 +64,7 @@ class UnixDevice:
         self.env = dict(os.environ, MICROPYPATH=".frozen", EF_FLASH=str(self.flash), EF_MAC=mac.replace(":", ""),
                         EF_METRICS_PORT=str(metrics_port or ""), EF_TIME_SCALE=str(time_scale),
                         EF_ROMS=",".join(roms))
-        self.argv = [find_micropython()] + (["-X", f"heapsize={heap}"] if heap else []) + [
+        self.argv = [binary or find_micropython()] + (["-X", f"heapsize={heap}"] if heap else []) + [
             str(UNIXPORT / "main_unix.py")]
         self.lines = []  # (monotonic time, line) of everything the device printed
         self.exits = []  # exit codes, in order

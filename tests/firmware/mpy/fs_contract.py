@@ -91,7 +91,16 @@ class RamFlash:
 
     def readblocks(self, n, buf, offset=0):
         start = n * BLOCK + offset
-        buf[:] = self.data[start:start + len(buf)]
+        try:
+            buf[:] = self.data[start:start + len(buf)]
+        except MemoryError:
+            # called by the finaliser of a file a power cut left open, during
+            # a collection (heap locked; seen on the 32-bit port): copy
+            # without allocating
+            i = 0
+            while i < len(buf):
+                buf[i] = self.data[start + i]
+                i += 1
 
     def writeblocks(self, n, buf, offset=0):
         if self.budget is not None:
