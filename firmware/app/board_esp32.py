@@ -17,6 +17,7 @@ import esp32
 import machine
 import network
 from boardkit import Fs, Heap, Uptime
+from boardkit import parse_max_free as boardkit_parse_max_free
 
 EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0  # older MicroPython on ESP32 counts from 2000
 VALID_AFTER = 1735689600  # 2025-01-01: an RTC before that was never set
@@ -87,6 +88,20 @@ class PartitionWriter:
         return self.part.info()[4]
 
 
+class _Capture:
+    """A stream for os.dupterm that keeps what MicroPython prints."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def write(self, buf):
+        self.data.extend(buf)
+        return len(buf)
+
+    def readinto(self, buf):
+        return None
+
+
 class Esp32Board(Heap):
     def __init__(self):
         self.fs = Fs("/")
@@ -146,6 +161,25 @@ class Esp32Board(Heap):
         return random.getrandbits(24) / 16777216.0
 
     # identity and system
+    # heap health (status and /metrics)
+    def heap_largest_free(self):
+        """From micropython.mem_info(), captured through os.dupterm (it
+        also goes to the serial console): "max free sz" in 16-byte blocks."""
+        import micropython
+
+        capture = _Capture()
+        previous = os.dupterm(capture, 1)
+        try:
+            micropython.mem_info()
+        finally:
+            os.dupterm(previous, 1)
+        return boardkit_parse_max_free(bytes(capture.data).decode(), 16)
+
+    def idf_largest_free(self):
+        """The largest free block of ESP-IDF's data heap: what the next TLS
+        handshake's 16 KiB input buffer must fit in."""
+        return max(region[2] for region in esp32.idf_heap_info(esp32.HEAP_DATA))
+
     def mac(self):
         return bytes(self.wlan.config("mac"))
 

@@ -12,8 +12,31 @@ import gc
 import os
 
 
+def block_bytes():
+    """Bytes per GC block: four machine words (16 on an ESP32, 32 on 64-bit)."""
+    import sys
+
+    return 32 if sys.maxsize > 0xFFFFFFFF else 16
+
+
+def parse_max_free(text, block=None):
+    """The largest free block in bytes from ``micropython.mem_info()``'s
+    text ("max free sz: N" counts GC blocks), or None when it is not there."""
+    at = text.find("max free sz:")
+    if at < 0:
+        return None
+    digits = ""
+    for c in text[at + 12:].lstrip():
+        if not c.isdigit():
+            break
+        digits += c
+    return int(digits) * (block or block_bytes()) if digits else None
+
+
 class Heap:
-    """The board methods about MicroPython's heap (a base class of boards)."""
+    """The board methods about MicroPython's heap (a base class of boards).
+    The largest free blocks are None where the port gives no way to read
+    them (the unix port prints mem_info() only to its stdout)."""
 
     def free_heap(self):
         gc.collect()
@@ -21,6 +44,15 @@ class Heap:
 
     def collect_garbage(self):
         gc.collect()
+
+    def heap_largest_free(self):
+        """Largest free block of the Python heap in bytes, or None."""
+        return None
+
+    def idf_largest_free(self):
+        """Largest free block of ESP-IDF's data heap (where Wi-Fi, lwIP and
+        TLS allocate) in bytes, or None off an ESP32."""
+        return None
 
 
 class Fs:

@@ -247,6 +247,14 @@ class HostBoard:
     def collect_garbage(self):
         """CPython's collector needs no help (and would cost the fleet dearly)."""
 
+    def heap_largest_free(self):
+        """No MicroPython heap here: not reported (null), as on a port that cannot read it."""
+        return None
+
+    def idf_largest_free(self):
+        """No ESP-IDF here: not reported (null)."""
+        return None
+
     def log(self, message):
         self.logs.append(message)
         del self.logs[:-50]

@@ -21,7 +21,7 @@ RULE_TESTS = pathlib.Path(__file__).resolve().parent / "prometheus_rules"
 TOOLS = ("promtool", "amtool", "prometheus-blackbox-exporter")
 DEVICES = ["psu-ktcyat68", "env-yy1ka51y", "oven-tvcft64q"]
 DEVICE_ALERTS = {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
-                 "EdgefleetRolloutFailed"}
+                 "EdgefleetRolloutFailed", "EdgefleetDeviceTlsMemoryLow"}
 JOBS = ["prometheus", "node", "alertmanager", "edgefleet_telemetry", "mosquitto", "edgefleet_devices", "blackbox_tls"]
 
 
@@ -87,7 +87,7 @@ def test_staged_tree_passes_the_roles_own_checks(tmp_path):
         assert result.returncode == 0, f"{argv}:\n{result.stdout}\n{result.stderr}"
     # promtool checked the staged rules and discovery file, not live ones
     out = run(["promtool", "check", "config", str(live(tmp_path, "/etc/prometheus/prometheus.yml"))]).stdout
-    assert "SUCCESS: 1 rule files found" in out and "8 rules found" in out
+    assert "SUCCESS: 1 rule files found" in out and "9 rules found" in out
     assert "WARNING" not in out, out
 
 
@@ -412,7 +412,8 @@ def test_alerts_have_severity_and_name_device_or_site(tmp_path):
     found = alerts(tmp_path)
     assert set(found) == {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
                           "EdgefleetRolloutFailed", "EdgefleetBrokerDown", "EdgefleetExporterDown",
-                          "EdgefleetBrokerDroppingMessages", "EdgefleetCertificateExpiring"}
+                          "EdgefleetBrokerDroppingMessages", "EdgefleetCertificateExpiring",
+                          "EdgefleetDeviceTlsMemoryLow"}
     for name, rule in found.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         summary, description = rule["annotations"]["summary"], rule["annotations"]["description"]
