@@ -214,6 +214,10 @@ class Device:
             else:
                 self.boot = bootsel.confirm(self.fs)
                 last = self.boot["last"]
+            if last and last.get("result") == "confirmed":
+                import otasig
+
+                otasig.confirmed(self, last)  # anti-rollback: the device's security version rises
         self.confirmed_event.set()
         if last and not last.get("reported") and last.get("result") in ("confirmed", "rolled_back"):
             await self.publish_json("ota", contract.ota_report(last.get("id"), last["result"], last.get("version"),
@@ -291,6 +295,12 @@ class Device:
             return
         if name == "ota":
             await ota.run(self, cmd)
+            return
+        if name == "signing_key":
+            import otasig
+
+            refused = otasig.hand_over(self, cmd)
+            await self.answer(cmd_id, name, "rejected" if refused else "accepted", refused)
             return
         # reboot
         try:

@@ -6,8 +6,11 @@
   through the board (``esp32.Partition`` on a device); the ESP-IDF bootloader
   boots it pending verification.
 
-Both are downloaded in chunks, checked for size and sha256 before anything
-switches, boot pending, pass the app's self-test and are confirmed, or roll
+A command is checked first (``otasig``): signed by the site's key over
+payload kind, version, size, sha256 and security version, and not older
+than the device's security version; otherwise it is refused before
+anything is downloaded. Both are downloaded in chunks over plain HTTP,
+checked for size and sha256 (the signed ones) before anything switches, boot pending, pass the app's self-test and are confirmed, or roll
 back. Every step is reported on ``ota`` with the command id.
 
 Bundle format: one JSON line (the manifest: version and, per file, name,
@@ -157,6 +160,12 @@ async def _install(device, cmd, report):
     """Download, verify and commit; returns once the next boot runs the update."""
     board, fs = device.board, device.fs
     payload, version, url, size, sha256, timeout_s = contract.check_ota_command(cmd)
+    import otasig
+
+    try:
+        secver = otasig.check_update(device, cmd)  # before anything is downloaded or switched
+    except otasig.SignatureError as e:
+        raise OtaError("refused: %s" % e)
     await report("downloading")
     if payload == "app":
         slot = bootsel.other(bootsel.load(fs)["active"])
@@ -170,7 +179,7 @@ async def _install(device, cmd, report):
         unpack_bundle(fs, INCOMING, slot)
         fs.remove(INCOMING)
         # the commit point: the next boot runs the new slot, pending its self-test
-        bootsel.stage(fs, slot, {"id": cmd["id"], "version": version, "payload": "app"})
+        bootsel.stage(fs, slot, {"id": cmd["id"], "version": version, "payload": "app", "security_version": secver})
         return
     writer = board.firmware_writer(size)
     try:
@@ -184,7 +193,7 @@ async def _install(device, cmd, report):
     target = writer.finish()  # sets the boot partition; the image boots pending verification
     state = bootsel.load(fs)
     state["last"] = {"id": cmd["id"], "version": version, "payload": "firmware", "target": target,
-                     "result": "pending", "reported": False}
+                     "result": "pending", "reported": False, "security_version": secver}
     bootsel.save(fs, state)
 
 
