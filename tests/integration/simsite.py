@@ -12,12 +12,14 @@ import identity
 from firmware.sim import fleet
 from mqttc import Client as Paho
 from roleacl import render_acl
+from testkeys import TestKey
 from waits import until  # noqa: F401  (the tests import it from here)
 
 SITE = "it"
 SPECS = [("psu", "24:0a:c4:12:34:01"), ("oven", "24:0a:c4:12:34:21"), ("env", "24:0a:c4:12:34:11")]
 DEVICES = [(identity.device_id(k, m), k, m) for k, m in SPECS]
 SERVICE = {"telegraf": "tg-pw", "controller": "ctl-pw", "exporter": "ex-pw", "exporter_sys": "exs-pw"}
+SITE_KEY = TestKey()  # the test site's signing key: every device trusts it, as flashed
 
 
 def topic(device_id, channel):
@@ -43,7 +45,8 @@ def make_site(broker, tmp_path, devices=DEVICES):
             root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                    {"host": "127.0.0.1", "port": b.port, "keepalive": 30}, users[device_id],
                                    initial_config=cfg,
-                                   settings=dict({"watchdog_s": 0, "selftest_timeout_s": 150}, **(settings or {})))
+                                   settings=dict({"watchdog_s": 0, "selftest_timeout_s": 150,
+                                                  "signing_key": SITE_KEY.public_hex}, **(settings or {})))
             sims.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=time_scale))
         return sims
 

@@ -14,7 +14,7 @@ import pytest
 import bootsel
 import ota
 import supervisor
-from simsite import DEVICES, online, payloads, run_for, topic, until, watcher
+from simsite import DEVICES, SITE_KEY, online, payloads, run_for, topic, until, watcher
 from www import Www
 
 NEW_VERSION = "0.9.0"
@@ -27,8 +27,9 @@ def app_bundle():
 
 
 def ota_cmd(payload, artifact, **extra):
-    return dict({"id": "ota-" + uuid.uuid4().hex[:6], "cmd": "ota", "payload": payload, "version": NEW_VERSION},
-                **artifact, **extra)
+    """An ota command signed by the test site's key (the devices trust it)."""
+    return SITE_KEY.sign_command(dict({"id": "ota-" + uuid.uuid4().hex[:6], "cmd": "ota", "payload": payload,
+                                       "version": NEW_VERSION}, **artifact, **extra))
 
 
 def run_ota(site, www, payload, data, setup=None, cmd_extra=None, until_boots=None):
@@ -206,7 +207,13 @@ def test_power_cut_during_download_and_before_confirmation_leaves_a_bootable_dev
                                                    "detail": "slot b was not confirmed after boot"}
 
 
-def test_app_update_over_https_with_the_site_ca(broker, tmp_path):
+def test_one_tls_session_through_a_whole_ota(broker, tmp_path, monkeypatch):
+    """MQTT over TLS with the site CA, and an update offered twice: over
+    HTTPS (refused: a second TLS session is what an ESP32 without PSRAM
+    cannot afford) and over plain HTTP (the image is signed). Every
+    connection the device opens goes through netio.open_connection; the
+    TLS ones are counted, and how many are open at each new one."""
+    import netio
     from firmware.sim import fleet
     from roleacl import render_acl
     from simsite import SERVICE
@@ -214,28 +221,53 @@ def test_app_update_over_https_with_the_site_ca(broker, tmp_path):
 
     tls = make_ca_and_server(tmp_path / "tls")
     device_id, kind, mac = DEVICES[0]
-    b = broker(users=dict(SERVICE, **{device_id: "pw"}), acl=render_acl("it", [device_id]))
-    (tmp_path / "www").mkdir()
-    server = Www(tmp_path / "www", tls=tls)
-    root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, "it", {"host": "127.0.0.1", "port": b.port},
-                           "pw", ca_file=str(tls["ca"]), initial_config=fleet.kind_config(kind, mac))
+    b = broker(users=dict(SERVICE, **{device_id: "pw"}), acl=render_acl("it", [device_id]), tls=tls)
+    (tmp_path / "https").mkdir()
+    (tmp_path / "http").mkdir()
+    https, http = Www(tmp_path / "https", tls=tls), Www(tmp_path / "http")
+    root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, "it",
+                           {"host": "127.0.0.1", "port": b.tls_port, "tls": True}, "pw", ca_file=str(tls["ca"]),
+                           initial_config=fleet.kind_config(kind, mac),
+                           settings={"signing_key": SITE_KEY.public_hex, "selftest_timeout_s": 150})
     sim = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
     ctl = watcher(b, "controller", topic(device_id, "#"))
-    cmd = ota_cmd("app", server.publish("app.bin", app_bundle()))
+    over_https = ota_cmd("app", https.publish("app.bin", app_bundle()))
+    over_http = ota_cmd("app", http.publish("app.bin", app_bundle()))
+    real_open = netio.open_connection
+    tls_open, peak = [], [0]
+
+    async def counting_open(host, port, ssl=None, timeout_s=10):
+        reader, writer = await real_open(host, port, ssl, timeout_s)
+        if ssl is not None:
+            tls_open.append(writer)
+            peak[0] = max(peak[0], sum(1 for w in tls_open if not w.transport.is_closing()))
+        return reader, writer
+
+    monkeypatch.setattr(netio, "open_connection", counting_open)
+
+    def final(cmd):
+        return [r for r in payloads(ctl, "ota", device_id) if r["id"] == cmd["id"] and r["state"] in FINAL]
 
     async def scenario():
         await online(ctl, device_id)
-        ctl.publish(topic(device_id, "cmd"), json.dumps(cmd))
-        await until(lambda: any(r["state"] in FINAL for r in payloads(ctl, "ota", device_id)), 20, "a final state")
+        for cmd in (over_https, over_http):
+            ctl.publish(topic(device_id, "cmd"), json.dumps(cmd))
+            await until(lambda: final(cmd), 20, "a final state")
 
     try:
         asyncio.run(run_for([sim], 0, during=scenario))
     finally:
-        server.close()
+        https.close()
+        http.close()
     ctl.close()
-    assert [r["state"] for r in payloads(ctl, "ota", device_id)] == ["downloading", "verifying", "rebooting",
-                                                                     "confirmed"]
+    assert peak[0] == 1, f"{peak[0]} TLS connections open at once"
+    refused = [r for r in payloads(ctl, "ota", device_id) if r["id"] == over_https["id"]]
+    assert [r["state"] for r in refused] == ["failed"] and "must be http://" in refused[0]["detail"], refused
+    assert https.requests == [], "the device must not fetch over HTTPS"
+    assert [r["state"] for r in payloads(ctl, "ota", device_id) if r["id"] == over_http["id"]] == [
+        "downloading", "verifying", "rebooting", "confirmed"]
     assert bootsel.load(sim.board.fs)["active"] == "b"
+    assert len(tls_open) == 2, "one MQTT session before the reboot, one after"
 
 
 def test_every_command_gets_an_answer(site):
