@@ -21,6 +21,7 @@ from broker import free_port
 from interp import mpy_cross
 from mqttc import Client as Paho
 from roleacl import render_acl
+from testkeys import TestKey
 from unixdev import UnixDevice, app_bundle
 from waits import wait_until
 from www import Www
@@ -30,6 +31,7 @@ MAC = "24:0a:c4:12:34:01"
 DEVICE_ID = identity.device_id("psu", MAC)
 USERS = {DEVICE_ID: "dev-pw", "controller": "ctl-pw", "telegraf": "tg-pw"}
 NEW = "0.9.0"
+SITE_KEY = TestKey()  # the test site's signing key, written into every board as the flash station does
 
 
 def topic(channel):
@@ -48,7 +50,8 @@ class Site:
         device = dict({"id": DEVICE_ID, "kind": "psu", "site": SITE, "password": USERS[DEVICE_ID],
                        "broker": {"host": "127.0.0.1", "port": self.broker.port, "keepalive": 30},
                        "config": dict({"publish_interval_s": 1, "pzem_addresses": [1, 2, 3]}, **(config or {})),
-                       "reconnect_spread_s": 2, "backoff_base_s": 0.5, "backoff_cap_s": 2}, **(settings or {}))
+                       "reconnect_spread_s": 2, "backoff_base_s": 0.5, "backoff_cap_s": 2,
+                       "signing_key": SITE_KEY.public_hex}, **(settings or {}))
         d = UnixDevice(self.tmp / f"dev{len(self.devices)}", device, MAC, binary=self.binary, **kw)
         self.devices.append(d)
         return d
@@ -195,12 +198,17 @@ def test_metrics_endpoint(site):
     assert {s.labels["phase"] for s in families["edgefleet_voltage_volts"].samples} == {"a", "b", "c"}
 
 
-def send_ota(site, www, bundle, digest_of=None):
+def signed_ota(www, bundle, digest_of=None, key=SITE_KEY, security_version=0, cmd_id="ota-1"):
+    artifact = www.publish("app.bin", bundle, digest_of)
+    return key.sign_command({"id": cmd_id, "cmd": "ota", "payload": "app", "version": NEW, **artifact},
+                            security_version)
+
+
+def send_ota(site, www, bundle, digest_of=None, key=SITE_KEY):
     ctl = site.watch("controller")
     d = site.device().start()
     wait_online(ctl, d)
-    cmd = dict(contract.ota_command("ota-1", "app", NEW, **www.publish("app.bin", bundle, digest_of)))
-    ctl.publish(topic("cmd"), json.dumps(cmd))
+    ctl.publish(topic("cmd"), json.dumps(signed_ota(www, bundle, digest_of, key)))
     wait_until(lambda: any(r["state"] in contract.OTA_FINAL_STATES for r in payloads(ctl, "ota")), 60,
                f"a final OTA state; device output:\n{d.output()[-3000:]}")
     return ctl, d, [r["state"] for r in payloads(ctl, "ota")]
@@ -214,6 +222,35 @@ def test_app_bundle_ota_is_confirmed(site, www):
     d.kill()
     boot = json.loads(d.files()["boot.json"])
     assert boot["active"] == "b" and not boot["pending"] and boot["last"]["result"] == "confirmed"
+
+
+def test_an_update_signed_by_another_key_is_refused_before_the_download(site, www):
+    ctl, d, states = send_ota(site, www, app_bundle(NEW), key=TestKey())
+    assert states == ["failed"], d.output()[-3000:]
+    assert payloads(ctl, "ota")[-1]["detail"].startswith("refused: signature does not verify")
+    assert www.requests == [] and d.boots == 1
+
+
+def test_a_key_handover_over_mqtt_then_an_update_signed_by_the_new_key(site, www):
+    """signing_key is answered on cmd/ack; after it, the old key's images
+    are refused and the new key's installed."""
+    new_key = TestKey()
+    ctl = site.watch("controller")
+    d = site.device().start()
+    wait_online(ctl, d)
+    ctl.publish(topic("cmd"), json.dumps(TestKey().handover("k-0", new_key.public_hex)))  # not the site's key
+    ctl.publish(topic("cmd"), json.dumps(SITE_KEY.handover("k-1", new_key.public_hex)))
+    wait_until(lambda: len(payloads(ctl, "cmd/ack")) >= 2, 10, "two answers")
+    assert [(a["id"], a["result"]) for a in payloads(ctl, "cmd/ack")] == [("k-0", "rejected"), ("k-1", "accepted")]
+    ctl.publish(topic("cmd"), json.dumps(signed_ota(www, app_bundle(NEW), cmd_id="old-key")))
+    ctl.publish(topic("cmd"), json.dumps(signed_ota(www, app_bundle(NEW), key=new_key, cmd_id="new-key")))
+    wait_until(lambda: any(r["state"] == "confirmed" for r in payloads(ctl, "ota")), 60,
+               f"confirmed; device output:\n{d.output()[-3000:]}")
+    reports = [(r["id"], r["state"]) for r in payloads(ctl, "ota")]
+    assert reports == [("old-key", "failed"), ("new-key", "downloading"), ("new-key", "verifying"),
+                       ("new-key", "rebooting"), ("new-key", "confirmed")], reports
+    d.kill()
+    assert json.loads(d.files()["signing.json"])["key"] == new_key.public_hex
 
 
 def test_corrupt_bundle_is_reported_failed_with_a_sha256_reason(site, www):
