@@ -112,11 +112,18 @@ class Device:
         return self.board.time() if self.board.time_synced() else None
 
     def status_payload(self, online=True):
-        return {
+        out = {
             "online": online, "fw": self.fw, "cfg_version": self.config["version"],
             "uptime_s": self.board.uptime_s(), "rssi": self.board.wifi_rssi(), "free_heap": self.board.free_heap(),
             "buffered": len(self.buffer), "buffer_dropped": self.buffer.dropped, "time_synced": self.board.time_synced(),
         }
+        # the largest free blocks, where the board can read them (an ESP32)
+        largest, idf = self.board.heap_largest_free(), self.board.idf_largest_free()
+        if largest is not None:
+            out["heap_largest_free"] = largest
+        if idf is not None:
+            out["idf_largest_free"] = idf
+        return out
 
     def announce_payload(self):
         ip = self.board.ip()
@@ -464,6 +471,11 @@ class Device:
             ("edgefleet_uptime_seconds", "gauge", "Seconds since boot.", [((), self.board.uptime_s())]),
             ("edgefleet_wifi_rssi_dbm", "gauge", "Wi-Fi signal.", [((), self.board.wifi_rssi())]),
             ("edgefleet_free_heap_bytes", "gauge", "Free heap.", [((), self.board.free_heap())]),
+            ("edgefleet_heap_largest_free_block_bytes", "gauge", "Largest free block of the Python heap.",
+             [((), self.board.heap_largest_free())]),
+            ("edgefleet_idf_heap_largest_free_block_bytes", "gauge",
+             "Largest free block of ESP-IDF's data heap (TLS needs 16 KiB in one piece).",
+             [((), self.board.idf_largest_free())]),
             ("edgefleet_mqtt_connected", "gauge", "1 while the MQTT session is up.", [((), self.online())]),
             ("edgefleet_mqtt_connects_total", "counter", "MQTT sessions opened.", [((), self.connects)]),
             ("edgefleet_telemetry_published_total", "counter", "Telemetry messages acknowledged by the broker.",

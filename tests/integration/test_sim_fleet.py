@@ -273,7 +273,12 @@ def test_metrics_endpoint_speaks_prometheus_text(site):
     sims = site(DEVICES[1:2])  # the oven: meters and temperature zones
     port = free_port()
     sims[0].board.metrics_port = port
+    # the heap figures only an ESP32 can read (MicroPython's mem_info, ESP-IDF's
+    # heap), stood in for here: they must reach status and /metrics
+    sims[0].board.heap_largest_free = lambda: 30016
+    sims[0].board.idf_largest_free = lambda: 17120
     ctl = watcher(site.broker, "telegraf", topic(DEVICES[1][0], "state"))
+    st = watcher(site.broker, "controller", topic(DEVICES[1][0], "status"))
     pages = {}
 
     async def scenario():
@@ -298,6 +303,11 @@ def test_metrics_endpoint_speaks_prometheus_text(site):
     info = families["edgefleet_device_info"].samples[0]
     assert info.labels["device_id"] == DEVICES[1][0] and info.labels["kind"] == "oven"
     assert families["edgefleet_mqtt_connected"].samples[0].value == 1
+    assert families["edgefleet_heap_largest_free_block_bytes"].samples[0].value == 30016
+    assert families["edgefleet_idf_heap_largest_free_block_bytes"].samples[0].value == 17120
+    status = [p for p in payloads(st, "status", DEVICES[1][0]) if p.get("online")][0]
+    st.close()
+    assert status["heap_largest_free"] == 30016 and status["idf_largest_free"] == 17120
     assert families["edgefleet_telemetry_published"].samples[0].value >= 1  # counter: _total is the sample name
     phases = {s.labels["phase"]: s.value for s in families["edgefleet_voltage_volts"].samples}
     assert set(phases) == {"a", "b", "c"} and all(200 < v < 260 for v in phases.values())
