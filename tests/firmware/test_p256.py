@@ -1,7 +1,8 @@
 """firmware/app/p256.py, the device's ECDSA P-256 / SHA-256 verifier:
 
 - every case of Wycheproof's ecdsa_secp256r1_sha256_p1363_test.json
-  (tests/data/wycheproof) plus malformed keys and signatures of our own, on
+  (tests/data/wycheproof) plus our own: malformed keys and signatures, and
+  signatures by the keys G and -G (which no Wycheproof key is), on
   CPython and on both builds of MicroPython's unix port (the module compiled
   by mpy-cross, as the image packs it), through tests/firmware/mpy/p256_driver.py
   and a file of cases (the unix port aborts on long argv strings);
@@ -106,13 +107,36 @@ def malformed_signatures(sig):
     ]
 
 
+def _keypair(d=None):
+    key = ec.generate_private_key(ec.SECP256R1()) if d is None else ec.derive_private_key(d, ec.SECP256R1())
+    pub = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return key, pub
+
+
+def _sign(key, msg):
+    r, s = utils.decode_dss_signature(key.sign(msg, ec.ECDSA(hashes.SHA256())))
+    return _int32(r) + _int32(s)
+
+
+def edge_key_signatures():
+    """[(id, key, msg, sig)]: signatures by d = 1 (Q = G) and d = n - 1
+    (Q = -G: G + Q, in the Shamir table, is the point at infinity), which no
+    Wycheproof key is."""
+    out = []
+    for name, d in (("g", 1), ("neg-g", N - 1)):
+        key, pub = _keypair(d)
+        for i, msg in enumerate((b"", b"edge", secrets.token_bytes(40))):
+            out.append((f"own-key-{name}-{i}", pub, msg, _sign(key, msg)))
+    return out
+
+
 def _hex(b):
     return b.hex() or "-"
 
 
 def test_wycheproof_and_malformed_inputs(interp, compiled_device, tmp_path):
     cases = wycheproof_cases()
-    assert {k: v for k, v in collections.Counter(c[4] for c in cases).items()} == WYCHEPROOF_COUNTS
+    assert dict(collections.Counter(c[4] for c in cases)) == WYCHEPROOF_COUNTS
     first = cases[0]
     assert first[4] == "valid"
     good_key, msg, good_sig = bytes.fromhex(first[1]), bytes.fromhex(first[2]), bytes.fromhex(first[3])
@@ -126,6 +150,9 @@ def test_wycheproof_and_malformed_inputs(interp, compiled_device, tmp_path):
     for case, sig in malformed_signatures(good_sig):
         lines.append(f"{case} {_hex(good_key)} {_hex(msg)} {_hex(sig)}")
         expected[case] = "False"
+    for case, key, edge_msg, sig in edge_key_signatures():
+        lines.append(f"{case} {_hex(key)} {_hex(edge_msg)} {_hex(sig)}")
+        expected[case] = "True"
     path = tmp_path / "cases.txt"
     path.write_text("\n".join(lines) + "\n")
 
@@ -135,7 +162,7 @@ def test_wycheproof_and_malformed_inputs(interp, compiled_device, tmp_path):
     out = run.stdout.splitlines()
     assert out[-1] == f"cases {len(lines)}"
     got = dict(line.split(" ", 1) for line in out[:-1])
-    assert len(got) == len(expected) == 252 + 1 + 11 + 10
+    assert len(got) == len(expected) == 252 + 1 + 11 + 10 + 6
     wrong = []
     for case, want in expected.items():
         have = got.get(case)
@@ -151,17 +178,6 @@ def test_wycheproof_and_malformed_inputs(interp, compiled_device, tmp_path):
 
 
 # --- CPython only ------------------------------------------------------------------
-
-
-def _keypair():
-    key = ec.generate_private_key(ec.SECP256R1())
-    pub = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    return key, pub
-
-
-def _sign(key, msg):
-    r, s = utils.decode_dss_signature(key.sign(msg, ec.ECDSA(hashes.SHA256())))
-    return _int32(r) + _int32(s)
 
 
 def _flip(data, bit):
@@ -241,15 +257,10 @@ def test_malformed_keys_raise_value_error_naming_the_problem():
 
 
 def test_generator_and_its_negation_are_valid_keys():
-    """Edge keys: Q = G and Q = -G (where G + Q, in the Shamir table, is
-    the point at infinity); signatures made with d = 1 and d = n - 1 verify."""
-    for d in (1, N - 1):
-        key = ec.derive_private_key(d, ec.SECP256R1())
-        pub = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-        for msg in (b"", b"edge", secrets.token_bytes(40)):
-            sig = _sign(key, msg)
-            assert p256.verify(pub, msg, sig)
-            assert not p256.verify(pub, msg + b"!", sig)
+    """Q = G and Q = -G verify (and a changed message does not)."""
+    for case, pub, msg, sig in edge_key_signatures():
+        assert p256.verify(pub, msg, sig), case
+        assert not p256.verify(pub, msg + b"!", sig), case
 
 
 def test_malformed_signatures_are_false_and_wrong_types_raise():
