@@ -163,6 +163,11 @@ def test_the_simulator_runs_the_files_the_image_packs():
     executed = {p for p in loaded if p.parent in device_dirs}
     packed = {p.resolve() for p in build.app_sources()}
     board_only = {APP / "board_esp32.py", APP / "main.py"}
+    # p256 (the OTA signature check) is packed before ota.py calls it; once it
+    # does, the simulator runs it and this exception must go
+    not_wired_yet = {APP / "p256.py"}
     assert packed == {p.resolve() for p in SOURCES.values()}
     assert executed <= packed, executed - packed
-    assert executed == packed - board_only, "packed but never run by the simulator: %s" % (packed - board_only - executed)
+    assert not executed & not_wired_yet, "p256 now runs in the simulator: drop it from not_wired_yet"
+    assert executed == packed - board_only - not_wired_yet, \
+        "packed but never run by the simulator: %s" % (packed - board_only - not_wired_yet - executed)
