@@ -55,6 +55,7 @@ from fleetbench import BIN, ROOT  # noqa: E402
 
 import ota  # noqa: E402  (firmware/app)
 import rollout  # noqa: E402  (plugins/module_utils)
+import testkeys  # noqa: E402  (tools/pylib)
 
 BUNDLE_SIZE = 1048576
 NEW = "0.9.0-bench"
@@ -103,8 +104,10 @@ def main():
         http = fb.http_server(args.http, tmp / "www")
         cleanup.callback(http.close)
         (tmp / "www" / "app.bundle").write_bytes(bundle)
-        image = {"version": NEW, "payload": "app", "url": http.url + "/app.bundle", "size": len(bundle),
-                 "sha256": hashlib.sha256(bundle).hexdigest()}
+        # signed by a throw-away site key in the inventory's secrets directory, where the rollout checks it
+        image = testkeys.site_key(tmp / "secrets").sign(
+            {"version": NEW, "payload": "app", "url": http.url + "/app.bundle", "size": len(bundle),
+             "sha256": hashlib.sha256(bundle).hexdigest()})
         plan = rollout.plan_waves(ids, rid, 1, WAVES)
         print("HTTP server: %s; bundle %d bytes; waves (rollout.plan_waves): %s; soak %g s; device_timeout "
               "%g s; devices: time_scale %g, light config, <= %d per child process"

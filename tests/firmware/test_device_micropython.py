@@ -20,6 +20,7 @@ import identity
 from broker import free_port
 from interp import mpy_cross
 from mqttc import Client as Paho
+import testkeys
 from roleacl import render_acl
 from unixdev import UnixDevice, app_bundle
 from waits import wait_until
@@ -30,6 +31,7 @@ MAC = "24:0a:c4:12:34:01"
 DEVICE_ID = identity.device_id("psu", MAC)
 USERS = {DEVICE_ID: "dev-pw", "controller": "ctl-pw", "telegraf": "tg-pw"}
 NEW = "0.9.0"
+KEY = testkeys.new_key()  # the test site's OTA signing key
 
 
 def topic(channel):
@@ -199,7 +201,9 @@ def send_ota(site, www, bundle, digest_of=None):
     ctl = site.watch("controller")
     d = site.device().start()
     wait_online(ctl, d)
-    cmd = dict(contract.ota_command("ota-1", "app", NEW, **www.publish("app.bin", bundle, digest_of)))
+    a = www.publish("app.bin", bundle, digest_of)
+    cmd = contract.ota_command("ota-1", "app", NEW, a["url"], a["size"], a["sha256"], 0,
+                               KEY.signature("app", NEW, a["size"], a["sha256"]))
     ctl.publish(topic("cmd"), json.dumps(cmd))
     wait_until(lambda: any(r["state"] in contract.OTA_FINAL_STATES for r in payloads(ctl, "ota")), 60,
                f"a final OTA state; device output:\n{d.output()[-3000:]}")

@@ -11,6 +11,7 @@ import contract
 import identity
 from firmware.sim import fleet
 from mqttc import Client as Paho
+import testkeys
 from roleacl import render_acl
 from waits import until  # noqa: F401  (the tests import it from here)
 
@@ -28,9 +29,12 @@ def topic(device_id, channel):
 
 def make_site(broker, tmp_path, devices=DEVICES):
     """A broker with users and ACL for *devices* [(id, kind, mac)]; the
-    returned make() provisions simulated devices among them."""
+    returned make() provisions simulated devices among them. make.key is
+    the site's signing key, in <tmp_path>/secrets/signing as the ota_signing
+    role keeps it (fleetplay's inventories point there)."""
     users = dict(SERVICE, **{d: f"pw-{d}" for d, _, _ in devices})
     b = broker(users=users, acl=render_acl(SITE, [d for d, _, _ in devices]))
+    key = testkeys.site_key(tmp_path / "secrets")
 
     def make(specs=devices, time_scale=0.02, initial=None, settings=None):
         """Simulated devices for *specs*. At these time scales a fraction of
@@ -48,6 +52,7 @@ def make_site(broker, tmp_path, devices=DEVICES):
         return sims
 
     make.broker = b
+    make.key = key
     return make
 
 

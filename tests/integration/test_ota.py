@@ -3,6 +3,8 @@ bootsel.py, supervisor.py and httpget.py) against a real broker and a real
 HTTP server: success, corrupted download, stalled download, out of memory,
 self-test failure with rollback, a new slot that keeps crashing, the
 watchdog, power cuts at the risky steps, and answers to other commands.
+Every OTA command is signed with the test site's key (tools/pylib/testkeys),
+as the controller signs it, and its URL is plain http:// (the contract).
 Every wait is on a condition with a deadline."""
 
 import asyncio
@@ -26,9 +28,10 @@ def app_bundle():
     return ota.pack_bundle(NEW_VERSION, files)
 
 
-def ota_cmd(payload, artifact, **extra):
-    return dict({"id": "ota-" + uuid.uuid4().hex[:6], "cmd": "ota", "payload": payload, "version": NEW_VERSION},
-                **artifact, **extra)
+def ota_cmd(site, payload, artifact, security_version=0, **extra):
+    """An ota command for *artifact* (url, size, sha256), signed by the site key."""
+    signed = site.key.sign(dict(artifact, payload=payload, version=NEW_VERSION), security_version)
+    return dict(signed, id="ota-" + uuid.uuid4().hex[:6], cmd="ota", **extra)
 
 
 def run_ota(site, www, payload, data, setup=None, cmd_extra=None, until_boots=None):
@@ -41,7 +44,7 @@ def run_ota(site, www, payload, data, setup=None, cmd_extra=None, until_boots=No
     if setup:
         setup(sim)
     ctl = watcher(site.broker, "controller", topic(device_id, "#"))
-    cmd = ota_cmd(payload, www.publish("artifact.bin", data), **(cmd_extra or {}))
+    cmd = ota_cmd(site, payload, www.publish("artifact.bin", data), **(cmd_extra or {}))
 
     def final():
         return [r for r in payloads(ctl, "ota", device_id) if r["state"] in FINAL]
@@ -130,7 +133,7 @@ def test_a_new_slot_that_keeps_crashing_is_abandoned(site, www):
     device_id = DEVICES[0][0]
     crashing_new_app(sim)
     ctl = watcher(site.broker, "controller", topic(device_id, "#"))
-    cmd = ota_cmd("app", www.publish("a.bin", app_bundle()))
+    cmd = ota_cmd(site, "app", www.publish("a.bin", app_bundle()))
 
     async def scenario():
         await online(ctl, device_id)
@@ -173,7 +176,7 @@ def test_power_cut_during_download_and_before_confirmation_leaves_a_bootable_dev
     device_id = DEVICES[0][0]
     sim.board.faults.ota_hang = True
     ctl = watcher(site.broker, "controller", topic(device_id, "#"))
-    cmd = ota_cmd("app", www.publish("a.bin", app_bundle()), timeout_s=30)
+    cmd = ota_cmd(site, "app", www.publish("a.bin", app_bundle()), timeout_s=30)
 
     async def scenario():
         await online(ctl, device_id)
@@ -206,36 +209,15 @@ def test_power_cut_during_download_and_before_confirmation_leaves_a_bootable_dev
                                                    "detail": "slot b was not confirmed after boot"}
 
 
-def test_app_update_over_https_with_the_site_ca(broker, tmp_path):
-    from firmware.sim import fleet
-    from roleacl import render_acl
-    from simsite import SERVICE
-    from tlsca import make_ca_and_server
-
-    tls = make_ca_and_server(tmp_path / "tls")
-    device_id, kind, mac = DEVICES[0]
-    b = broker(users=dict(SERVICE, **{device_id: "pw"}), acl=render_acl("it", [device_id]))
-    (tmp_path / "www").mkdir()
-    server = Www(tmp_path / "www", tls=tls)
-    root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, "it", {"host": "127.0.0.1", "port": b.port},
-                           "pw", ca_file=str(tls["ca"]), initial_config=fleet.kind_config(kind, mac))
-    sim = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
-    ctl = watcher(b, "controller", topic(device_id, "#"))
-    cmd = ota_cmd("app", server.publish("app.bin", app_bundle()))
-
-    async def scenario():
-        await online(ctl, device_id)
-        ctl.publish(topic(device_id, "cmd"), json.dumps(cmd))
-        await until(lambda: any(r["state"] in FINAL for r in payloads(ctl, "ota", device_id)), 20, "a final state")
-
-    try:
-        asyncio.run(run_for([sim], 0, during=scenario))
-    finally:
-        server.close()
-    ctl.close()
-    assert [r["state"] for r in payloads(ctl, "ota", device_id)] == ["downloading", "verifying", "rebooting",
-                                                                     "confirmed"]
-    assert bootsel.load(sim.board.fs)["active"] == "b"
+def test_an_https_url_is_refused_and_nothing_switches(site, www):
+    """Downloads are plain http:// (the contract): the image is signed, and a
+    device keeps its one TLS session for MQTT. An https:// URL, even signed,
+    is refused with the reason, and the device stays on its slot."""
+    https = www.url.replace("http://", "https://") + "/artifact.bin"
+    sim, states, reports, _ = run_ota(site, www, "app", app_bundle(), cmd_extra={"url": https})
+    assert states == ["failed"], reports
+    assert "ota url must be http://" in reports[-1]["detail"]
+    assert bootsel.load(sim.board.fs)["active"] == "a" and sim.boots == 1
 
 
 def test_every_command_gets_an_answer(site):
