@@ -105,7 +105,8 @@ def main():
         cleanup.callback(http.close)
         (tmp / "www" / "app.bundle").write_bytes(bundle)
         # signed by a throw-away site key in the inventory's secrets directory, where the rollout checks it
-        image = testkeys.site_key(tmp / "secrets").sign(
+        site_key = testkeys.site_key(tmp / "secrets")
+        image = site_key.sign(
             {"version": NEW, "payload": "app", "url": http.url + "/app.bundle", "size": len(bundle),
              "sha256": hashlib.sha256(bundle).hexdigest()})
         plan = rollout.plan_waves(ids, rid, 1, WAVES)
@@ -122,7 +123,8 @@ def main():
         cleanup.callback(watch.close)
         t0 = time.monotonic()
         procs = fb.FleetProcs(tmp / "fleet", specs, broker.port, args.time_scale, ntp.address,
-                              per_proc=args.per_proc, settings={"reconnect_spread_s": 5})
+                              per_proc=args.per_proc, settings={"reconnect_spread_s": 5},
+                              signing_key=site_key.public)
         cleanup.callback(procs.stop)
         procs.wait_started(300)
         watch.wait_online(ids, 300, procs)

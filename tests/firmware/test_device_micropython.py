@@ -48,6 +48,7 @@ class Site:
 
     def device(self, config=None, settings=None, **kw):
         device = dict({"id": DEVICE_ID, "kind": "psu", "site": SITE, "password": USERS[DEVICE_ID],
+                       "signing_key": KEY.public,
                        "broker": {"host": "127.0.0.1", "port": self.broker.port, "keepalive": 30},
                        "config": dict({"publish_interval_s": 1, "pzem_addresses": [1, 2, 3]}, **(config or {})),
                        "reconnect_spread_s": 2, "backoff_base_s": 0.5, "backoff_cap_s": 2}, **(settings or {}))

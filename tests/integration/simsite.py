@@ -47,7 +47,8 @@ def make_site(broker, tmp_path, devices=DEVICES):
             root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                    {"host": "127.0.0.1", "port": b.port, "keepalive": 30}, users[device_id],
                                    initial_config=cfg,
-                                   settings=dict({"watchdog_s": 0, "selftest_timeout_s": 150}, **(settings or {})))
+                                   settings=dict({"watchdog_s": 0, "selftest_timeout_s": 150}, **(settings or {})),
+                                   signing_key=key.public)
             sims.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=time_scale))
         return sims
 

@@ -44,7 +44,7 @@ def run_cycle(broker_port, www, workdir, heap, timeout=40.0, binary=None):
     tg = Paho(broker_port, user="telegraf", password=USERS["telegraf"]).connect_ok()
     assert tg.subscribe(topic("state"), 1) == [1]
     port = free_port()
-    device = {"id": DEVICE_ID, "kind": "psu", "site": SITE, "password": USERS[DEVICE_ID],
+    device = {"id": DEVICE_ID, "kind": "psu", "site": SITE, "password": USERS[DEVICE_ID], "signing_key": KEY.public,
               "broker": {"host": "127.0.0.1", "port": broker_port}, "reconnect_spread_s": 1,
               "config": {"publish_interval_s": 1, "pzem_addresses": [1, 2, 3], "temperature_zones": 2,
                          "ntp_server": "127.0.0.1:9"}}
