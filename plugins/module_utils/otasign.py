@@ -15,8 +15,9 @@ The key directory (``<edgefleet_secrets_dir>/signing``, mode 0700) holds
 
     current.key  current.pub    the key images are signed with
     next.key     next.pub       only during a rotation (made explicitly)
+    handover.json               during a rotation: which devices accepted next
     previous.key previous.pub   the key before the last rotation, for the record
-    retired/                    earlier ``previous`` keys
+    retired/                    earlier ``previous`` keys, finished hand-overs
 
 ``<name>.key`` is the private key (PEM, PKCS#8, unencrypted, mode 0600),
 ``<name>.pub`` its public key as the contract's hex and a newline. The
@@ -56,6 +57,7 @@ NAMES = ("current", "next", "previous")
 KEY_MODE = 0o600
 DIR_MODE = 0o700
 RETIRED = "retired"
+HANDOVER = "handover.json"
 DOCS = "docs/operations.md, \"The OTA signing key\""
 
 
@@ -322,6 +324,12 @@ def ensure_key(directory, name="current", dry_run=False):
         if name != "current" and "current" not in _present(directory):
             raise SigningKeyError("%s has no current key to rotate from: create it first (the ota_signing role)"
                                   % directory)
+        if name == "next" and os.path.exists(os.path.join(directory, HANDOVER)):
+            raise SigningKeyError(
+                "%s records a hand-over in progress, but next.key is missing: devices that accepted it trust that "
+                "next key now, and a new one would strand them. Restore next.key and next.pub from the backup; if "
+                "they are lost, re-flash the devices %s lists as accepted, then remove it"
+                % (os.path.join(directory, HANDOVER), HANDOVER))
         if dry_run:
             return {"key": None, "public_key": None, "key_path": key_path, "public_key_path": pub_path,
                     "created": True, "changed": True}
@@ -340,3 +348,85 @@ def current_public_key(directory):
         raise SigningKeyError("there is no OTA signing key: %s does not exist (the ota_signing role creates it; "
                               "site.yml runs it with the ota_server role)" % pub_path)
     return read_public_file(pub_path)
+
+
+def load_pair(directory, name):
+    """(key, public hex) of an existing, consistent key *name*; never
+    writes anything. SigningKeyError when it is missing or inconsistent."""
+    require_cryptography()
+    key_path, pub_path = key_paths(directory, name)
+    if not os.path.exists(key_path):
+        raise SigningKeyError("there is no %s signing key: %s does not exist" % (name, key_path))
+    key = load_private_key(key_path)
+    derived = public_key_hex(key)
+    if os.path.exists(pub_path) and read_public_file(pub_path) != derived:
+        raise SigningKeyError("the OTA signing key %s does not match its public key %s: put back the matching pair "
+                              "from the backup (%s)" % (key_path, pub_path, DOCS))
+    return key, derived
+
+
+def _retire(directory):
+    """Move previous.* into retired/<16 hex digits of its point>.*."""
+    key_path, pub_path = key_paths(directory, "previous")
+    if not (os.path.exists(key_path) or os.path.exists(pub_path)):
+        return None
+    if os.path.exists(key_path):
+        tag = public_key_hex(load_private_key(key_path))[2:18]
+    else:
+        tag = read_public_file(pub_path)[2:18]
+    retired = _retired_dir(directory)
+    for path, suffix in ((key_path, ".key"), (pub_path, ".pub")):
+        if os.path.exists(path):
+            os.replace(path, os.path.join(retired, tag + suffix))
+    return tag
+
+
+def _retired_dir(directory):
+    retired = os.path.join(directory, RETIRED)
+    if not os.path.isdir(retired):
+        os.makedirs(retired, DIR_MODE)
+    return retired
+
+
+def _file_handover(directory, new_hex):
+    """The finished hand-over's record goes to retired/handover-<new key's tag>.json."""
+    path = os.path.join(directory, HANDOVER)
+    if os.path.exists(path):
+        os.replace(path, os.path.join(_retired_dir(directory), "handover-%s.json" % new_hex[2:18]))
+
+
+def promote(directory):
+    """next -> current, the old current -> previous (the previous one before
+    it, and the hand-over's record, into retired/). Returns {"public_key",
+    "previous_public_key", "changed"}. Also finishes a promotion that was
+    interrupted between its steps (current.key already the next key,
+    next.pub still there). Only after every device accepted the hand-over:
+    the caller's rule."""
+    require_cryptography()
+    next_key, next_pub = key_paths(directory, "next")
+    cur_key, cur_pub = key_paths(directory, "current")
+    prev_key, prev_pub = key_paths(directory, "previous")
+    if not os.path.exists(next_key) and os.path.exists(next_pub) and os.path.exists(cur_key):
+        # interrupted after the private key moved: finish with the public file
+        pending = read_public_file(next_pub)
+        if public_key_hex(load_private_key(cur_key)) == pending:
+            os.replace(next_pub, cur_pub)
+            _fsync_dir(directory)
+            _file_handover(directory, pending)
+            previous = read_public_file(prev_pub) if os.path.exists(prev_pub) else None
+            return {"public_key": pending, "previous_public_key": previous, "changed": True}
+    if not os.path.exists(next_key):
+        raise SigningKeyError("there is no next key to promote in %s: create it first (ota_signing_key state=next)"
+                              % directory)
+    _, new_hex, _ = _check_pair(directory, "next")
+    _, old_hex, _ = _check_pair(directory, "current")
+    _retire(directory)
+    os.link(cur_pub, prev_pub)
+    os.link(cur_key, prev_key)
+    _fsync_dir(directory)
+    os.replace(next_key, cur_key)  # from here the current key is the new one (the rest is the record)
+    _fsync_dir(directory)
+    os.replace(next_pub, cur_pub)
+    _fsync_dir(directory)
+    _file_handover(directory, new_hex)
+    return {"public_key": new_hex, "previous_public_key": old_hex, "changed": True}
