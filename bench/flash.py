@@ -28,6 +28,7 @@ import firmware.image as build  # noqa: E402
 import identity  # noqa: E402
 from rompeer import RomPeer  # noqa: E402
 from plugrun import stand_in_micropython  # noqa: E402
+import testkeys  # noqa: E402
 
 
 def run(n, workers, base, flash_baud, peers=None):
@@ -36,7 +37,8 @@ def run(n, workers, base, flash_baud, peers=None):
     plan = esp32flash.image_planner(build.build_regions, build.flat_image, base, devices, "bench",
                                     {"host": "10.0.0.2", "port": 8883, "tls": True},
                                     {d["id"]: "bench-password-%d" % i for i, d in enumerate(devices)},
-                                    ca_pem=b"-----BEGIN CERTIFICATE-----\n", version="1.0.0")
+                                    ca_pem=b"-----BEGIN CERTIFICATE-----\n", version="1.0.0",
+                                    signing_key=testkeys.new_key().public)
     if peers is None:
         peers = [RomPeer(bytes.fromhex(m.replace(":", "")), paced=True).start() for m in macs]
     t0 = time.monotonic()

@@ -50,6 +50,7 @@ for _p in (str(ROOT), str(ROOT / "tools" / "pylib"), str(ROOT / "plugins" / "fil
 from firmware.sim import fleet  # noqa: E402  (also puts firmware/app and plugins/module_utils on sys.path)
 
 import procstat  # noqa: E402
+import testkeys  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent
 SITE = "bench"
@@ -229,8 +230,13 @@ class NtpServer:
 class FleetProcs:
     """Simulated devices in child processes of at most *per_proc* devices each."""
 
-    def __init__(self, workdir, specs, port, time_scale, ntp, per_proc=2000, settings=None, rate=400.0):
+    def __init__(self, workdir, specs, port, time_scale, ntp, per_proc=2000, settings=None, rate=400.0,
+                 signing_key=None):
+        """*signing_key*: the OTA signing public key the devices get in
+        device.json (default: a throw-away one; a benchmark that rolls out
+        passes its site key's)."""
         self.workdir = pathlib.Path(workdir)
+        signing_key = signing_key or testkeys.new_key().public
         self.workdir.mkdir(parents=True, exist_ok=True)
         spec_file = self.workdir / "specs.json"
         spec_file.write_text(json.dumps(specs))
@@ -248,7 +254,8 @@ class FleetProcs:
             cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--serve", "--specs", str(spec_file),
                    "--first", str(first), "--count", str(count), "--port", str(port),
                    "--workdir", str(self.workdir / ("child%d" % i)), "--time-scale", str(time_scale),
-                   "--ntp", ntp, "--settings", json.dumps(settings), "--rate", str(rate)]
+                   "--ntp", ntp, "--settings", json.dumps(settings), "--rate", str(rate),
+                   "--signing-key", signing_key]
             self.procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                                text=True, start_new_session=True))
 
@@ -301,7 +308,7 @@ def serve(args):
         cfg["ntp_server"] = args.ntp
         root = fleet.provision(args.workdir, device_id, kind, mac, SITE,
                                {"host": "127.0.0.1", "port": args.port, "keepalive": 60}, DEVICE_PW,
-                               initial_config=cfg, settings=settings)
+                               initial_config=cfg, settings=settings, signing_key=args.signing_key)
         sims.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=args.time_scale))
 
     async def main():
@@ -641,6 +648,7 @@ def main():
     p.add_argument("--ntp", required=True)
     p.add_argument("--settings", default="{}")
     p.add_argument("--rate", type=float, default=400.0, help="devices started per second")
+    p.add_argument("--signing-key", required=True, help="the OTA signing public key for device.json")
     serve(p.parse_args())
 
 

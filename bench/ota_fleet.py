@@ -55,6 +55,7 @@ from fleetbench import BIN, ROOT  # noqa: E402
 
 import ota  # noqa: E402  (firmware/app)
 import rollout  # noqa: E402  (plugins/module_utils)
+import testkeys  # noqa: E402  (tools/pylib)
 
 BUNDLE_SIZE = 1048576
 NEW = "0.9.0-bench"
@@ -103,8 +104,11 @@ def main():
         http = fb.http_server(args.http, tmp / "www")
         cleanup.callback(http.close)
         (tmp / "www" / "app.bundle").write_bytes(bundle)
-        image = {"version": NEW, "payload": "app", "url": http.url + "/app.bundle", "size": len(bundle),
-                 "sha256": hashlib.sha256(bundle).hexdigest()}
+        # signed by a throw-away site key in the inventory's secrets directory, where the rollout checks it
+        site_key = testkeys.site_key(tmp / "secrets")
+        image = site_key.sign(
+            {"version": NEW, "payload": "app", "url": http.url + "/app.bundle", "size": len(bundle),
+             "sha256": hashlib.sha256(bundle).hexdigest()})
         plan = rollout.plan_waves(ids, rid, 1, WAVES)
         print("HTTP server: %s; bundle %d bytes; waves (rollout.plan_waves): %s; soak %g s; device_timeout "
               "%g s; devices: time_scale %g, light config, <= %d per child process"
@@ -119,7 +123,8 @@ def main():
         cleanup.callback(watch.close)
         t0 = time.monotonic()
         procs = fb.FleetProcs(tmp / "fleet", specs, broker.port, args.time_scale, ntp.address,
-                              per_proc=args.per_proc, settings={"reconnect_spread_s": 5})
+                              per_proc=args.per_proc, settings={"reconnect_spread_s": 5},
+                              signing_key=site_key.public)
         cleanup.callback(procs.stop)
         procs.wait_started(300)
         watch.wait_online(ids, 300, procs)

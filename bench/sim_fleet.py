@@ -28,7 +28,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "pylib"), str(ROOT / "plugins" /
 from firmware.sim import fleet  # noqa: E402  (also puts firmware/app on sys.path)
 
 import procstat  # noqa: E402
+import testkeys  # noqa: E402
 from broker import Broker  # noqa: E402
+
+KEY = testkeys.new_key()  # the devices' OTA signing public key (throw-away)
 
 COUNTER = r"""
 import sys, time, paho.mqtt.client as m
@@ -65,7 +68,7 @@ async def measure(count, duration, workdir):
         for device_id, kind, mac in specs:
             root = fleet.provision(str(workdir / ("sim%d" % count)), device_id, kind, mac, "bench",
                                    {"host": "127.0.0.1", "port": broker.port}, "pw",
-                                   initial_config=fleet.kind_config(kind, mac))
+                                   initial_config=fleet.kind_config(kind, mac), signing_key=KEY.public)
             devices.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind))
         stop = asyncio.Event()
         lag = []

@@ -2,8 +2,11 @@
 supplies, our partition table, the per-device NVS (Wi-Fi) and a littlefs
 filesystem holding the mpy-cross compiled app (slot a: firmware/app and the
 device contract from plugins/module_utils), the boot files, device.json and
-the site CA. Same inputs give byte-identical images, so the image digest
-tells whether a board needs flashing."""
+the site CA. device.json carries the site's OTA signing public key
+(``signing_key``, the contract's hex): the board installs only images it
+signed. Only the public key: a board never holds the private one. Same
+inputs give byte-identical images, so the image digest tells whether a
+board needs flashing."""
 
 import hashlib
 import json
@@ -41,6 +44,32 @@ LFS_BLOCK = 4096
 
 class BuildError(Exception):
     pass
+
+
+def _contract():
+    """plugins/module_utils/contract.py, as the device imports it."""
+    if str(CONTRACT_DIR) not in sys.path:
+        sys.path.insert(0, str(CONTRACT_DIR))
+    import contract
+    return contract
+
+
+def check_device_document(device):
+    """device.json must name the site's OTA signing public key (130 hex
+    digits, 04||X||Y): a board without it could never install an update.
+    BuildError names the device and the problem."""
+    contract = _contract()
+    if not isinstance(device, dict):
+        raise BuildError("device.json must be a dict, got %s" % type(device).__name__)
+    who = device.get("id", "(no id)")
+    key = device.get("signing_key")
+    if key is None:
+        raise BuildError("device.json of %s has no signing_key: every board gets the site's OTA signing public key "
+                         "(<secrets>/signing/current.pub) at flash time" % who)
+    try:
+        contract.check_public_key(key, "signing_key of %s" % who)
+    except contract.ContractError as e:
+        raise BuildError(str(e))
 
 
 def partition(label):
@@ -220,7 +249,9 @@ def build_regions(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.
     otadata: a board that had run an OTA update must boot ota_0 again, and must
     not keep another site's Wi-Fi credentials.
 
-    *device*: the device.json content (id, kind, site, broker, password, ...)."""
+    *device*: the device.json content (id, kind, site, broker, password,
+    signing_key, ...); check_device_document checks it first."""
+    check_device_document(device)
     bootloader, app = split_micropython_image(micropython_bin)
     files = compiled_app(version)
     files["device.json"] = json.dumps(device, sort_keys=True, separators=(",", ":")).encode()
@@ -251,7 +282,8 @@ def build_image(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.0"
     """Return (image bytes, report) for one device: the merged image of
     build_regions(), written at offset 0 (what `esptool write-flash 0` takes).
 
-    *device*: the device.json content (id, kind, site, broker, password, ...)."""
+    *device*: the device.json content (id, kind, site, broker, password,
+    signing_key, ...)."""
     regions, files = build_regions(micropython_bin, device, ca_pem, wifi, version)
     from esptool import cmds
 

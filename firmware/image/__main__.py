@@ -1,8 +1,10 @@
 """python -m firmware.image --inventory inventories/lab --device psu-ktcyat68 --micropython firmware.bin --out images/
 
 Builds one board's merged flash image (write it at offset 0) and prints its
-sha256. The MicroPython ESP32 firmware.bin is the operator's: it cannot be
-downloaded here."""
+sha256. device.json gets the device's password (<secrets>/mqtt/<id>), and the
+site's OTA signing public key (<secrets>/signing/current.pub; never the
+private key). The MicroPython ESP32 firmware.bin is the operator's: it cannot
+be downloaded here."""
 
 import argparse
 import json
@@ -42,7 +44,13 @@ def main(argv=None):
                 % args.inventory)
     tls = not args.plain
     secrets = args.secrets or os.path.join("secrets", site)
+    signing_pub = os.path.join(secrets, "signing", "current.pub")
+    if not os.path.exists(signing_pub):
+        p.error("%s does not exist: the site's OTA signing key is made once by the ota_signing role (site.yml or "
+                "playbooks/flash.yml run it); every board gets its public key" % signing_pub)
     try:
+        with open(signing_pub) as f:
+            signing_key = f.read().strip()
         with open(os.path.join(secrets, "mqtt", device_id)) as f:
             password = f.read().strip()
         with open(args.micropython, "rb") as f:
@@ -60,7 +68,7 @@ def main(argv=None):
     if ca:
         broker["ca"] = "ca.crt"
     device = {"id": device_id, "kind": kind, "site": site, "broker": broker, "password": password,
-              "config": fleet.kind_config(kind, mac)}
+              "signing_key": signing_key, "config": fleet.kind_config(kind, mac)}
     wifi = {"ssid": args.wifi_ssid, "password": args.wifi_password} if args.wifi_ssid else None
     try:
         if args.version is None:

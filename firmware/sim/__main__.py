@@ -2,7 +2,8 @@
 
 Runs the inventory's devices (the first --count of them) as simulated ESP32
 boards with the firmware app, against the site broker, with the per-device
-credentials that the mosquitto role generated. Stops on Ctrl-C or after
+credentials that the mosquitto role generated and the site's OTA signing
+public key (<secrets>/signing/current.pub), as a flash station writes them. Stops on Ctrl-C or after
 --duration seconds; each device then marks itself offline and disconnects.
 """
 
@@ -72,6 +73,12 @@ def main(argv=None):
         port = args.broker_port or int(site_vars.get("edgefleet_broker_port", 1883))
         ca = None
     broker = {"host": host, "port": port, "tls": args.tls}
+    signing_pub = os.path.join(secrets, "signing", "current.pub")
+    if not os.path.exists(signing_pub):
+        p.error("no OTA signing key in %s: run site.yml against this inventory first (the ota_signing role makes "
+                "it; every device gets its public key)" % signing_pub)
+    with open(signing_pub) as f:
+        signing_key = f.read().strip()
     devices = []
     for device_id, kind, mac, metrics_port in specs:
         pw_file = os.path.join(secrets, "mqtt", device_id)
@@ -79,8 +86,11 @@ def main(argv=None):
             p.error("no password for %s in %s: run site.yml against this inventory first" % (device_id, pw_file))
         with open(pw_file) as f:
             password = f.read().strip()
-        root = fleet.provision(args.state_dir, device_id, kind, mac, site, broker, password, ca,
-                               fleet.kind_config(kind, mac))
+        try:
+            root = fleet.provision(args.state_dir, device_id, kind, mac, site, broker, password, ca,
+                                   fleet.kind_config(kind, mac), signing_key=signing_key)
+        except ValueError as e:  # contract.ContractError too: a malformed current.pub
+            p.error("%s: %s" % (signing_pub, e))
         d = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=args.time_scale)
         d.board.faults.malformed = args.fault_malformed
         d.board.metrics_port = metrics_port  # /metrics on 127.0.0.1:<port>, or none

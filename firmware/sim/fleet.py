@@ -20,16 +20,26 @@ from .board import HostBoard, Reboot, sensor_rom
 log = logging.getLogger("edgefleet.sim")
 
 
-def provision(root, device_id, kind, mac, site, broker, password, ca_file=None, initial_config=None, settings=None):
+def provision(root, device_id, kind, mac, site, broker, password, ca_file=None, initial_config=None, settings=None,
+              signing_key=None):
     """Write what the flash station writes: device.json (+ the site CA).
+    *signing_key* is the site's OTA signing public key (130 hex digits, as
+    in <secrets>/signing/current.pub), required as on a real board.
     *settings* adds device.json keys (watchdog_s, reconnect_spread_s, ...)."""
+    import contract
+
+    if signing_key is None:
+        raise ValueError("provision %s: signing_key is required (the site's OTA signing public key, "
+                         "<secrets>/signing/current.pub), as every flashed board has it" % device_id)
+    contract.check_public_key(signing_key, "signing_key of %s" % device_id)
     board_fs = os.path.join(root, device_id)
     os.makedirs(board_fs, exist_ok=True)
     broker = dict(broker)
     if ca_file:
         shutil.copyfile(ca_file, os.path.join(board_fs, "ca.crt"))
         broker["ca"] = "ca.crt"
-    device = dict(settings or {}, id=device_id, kind=kind, site=site, broker=broker, password=password)
+    device = dict(settings or {}, id=device_id, kind=kind, site=site, broker=broker, password=password,
+                  signing_key=signing_key)
     if initial_config:
         device["config"] = initial_config
     with open(os.path.join(board_fs, "device.json"), "w") as f:

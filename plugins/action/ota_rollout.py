@@ -14,7 +14,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-from ansible_collections.edgefleet.site.plugins.module_utils import contract, fleetmqtt, rollout
+from ansible_collections.edgefleet.site.plugins.module_utils import contract, fleetmqtt, otasign, rollout
 
 display = Display()
 
@@ -22,7 +22,10 @@ IMAGE_SPEC = dict(version=dict(type="str", required=True),
                   payload=dict(type="str", choices=list(contract.OTA_PAYLOADS), default="app"),
                   url=dict(type="str", required=True),
                   sha256=dict(type="str", required=True),
-                  size=dict(type="int", required=True))
+                  size=dict(type="int", required=True),
+                  # required too, checked by rollout.check_image to name the image
+                  security_version=dict(type="int"),
+                  signature=dict(type="str"))
 ARGSPEC = dict(
     rollout_id=dict(type="str", required=True),
     image=dict(type="dict", required=True, options=IMAGE_SPEC),
@@ -36,6 +39,7 @@ ARGSPEC = dict(
     download_timeout=dict(type="int"),
     soak=dict(type="float", default=60.0),
     state_dir=dict(type="path"),
+    signing_key_file=dict(type="path"),
     **fleetmqtt.BROKER_ARGS
 )
 LOCK_WAIT_S = 15.0
@@ -83,9 +87,11 @@ class ActionModule(ActionBase):
         waves = [_wave_size(w) for w in args["waves"]]
         try:
             rollout.check_rollout_id(args["rollout_id"])
+            image = rollout.check_image(image, args["rollout_id"])
             command_id = rollout.command_id(args["rollout_id"], image["sha256"])
             contract.ota_command(command_id, image["payload"], image["version"], image["url"], image["size"],
-                                 image["sha256"], args["download_timeout"])
+                                 image["sha256"], image["security_version"], image["signature"],
+                                 args["download_timeout"])
             rollout.plan_waves(devices, args["rollout_id"], args["canary"], waves, args["increment_factor"])
             policy = rollout.AbortPolicy(args["abort_percent"], args["abort_min_executed"])
             for name in ("device_timeout", "soak"):
@@ -97,6 +103,7 @@ class ActionModule(ActionBase):
             inventory_vars = fleetmqtt.site_vars(task_vars, self._templar.template)
         except fleetmqtt.FleetMqttError as e:
             raise AnsibleActionFail("ota_rollout: %s" % e)
+        check_signature(image, args["signing_key_file"], inventory_vars.get("edgefleet_secrets_dir"))
         state_dir = args["state_dir"]
         if not state_dir:
             secrets = inventory_vars.get("edgefleet_secrets_dir")
@@ -120,6 +127,31 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("ota_rollout: %s" % e)
         finally:
             session.close()
+
+
+def check_signature(image, key_file, secrets):
+    """Refuse an image whose signature the site's signing key did not make
+    (an edited manifest, another site's key, a key rotated since the
+    manifest was written): devices would refuse it one by one."""
+    if not key_file:
+        if not secrets:
+            raise AnsibleActionFail("ota_rollout: set signing_key_file (or edgefleet_secrets_dir, whose "
+                                    "signing/current.pub is the site's signing key)")
+        key_file = os.path.join(secrets, "signing", "current.pub")
+    try:
+        public = otasign.read_public_file(key_file)
+        ok = otasign.verify_entry(public, image["payload"], image["version"], image["size"], image["sha256"],
+                                  image["security_version"], image["signature"])
+    except otasign.SigningKeyError as e:
+        raise AnsibleActionFail("ota_rollout: cannot check the signature of image %s: %s. Nothing was commanded."
+                                % (rollout.image_name(image), e))
+    if not ok:
+        raise AnsibleActionFail(
+            "ota_rollout: the signature of image %s (sha256 %s, security_version %d) does not verify with the site's "
+            "signing key %s (%s...): the manifest or the image entry was edited, or another key signed it (after a "
+            "key rotation, run the ota_server role again to re-sign the manifest). Devices would refuse it; nothing "
+            "was commanded." % (rollout.image_name(image), image["sha256"], image["security_version"], key_file,
+                                public[:20]))
 
 
 class Rollout(object):
@@ -241,6 +273,7 @@ class Rollout(object):
         self.state.save()  # write-ahead: a device marked commanded is never commanded again, even after a kill
         cmd = json.dumps(contract.ota_command(self.command_id, self.image["payload"], self.image["version"],
                                               self.image["url"], self.image["size"], self.image["sha256"],
+                                              self.image["security_version"], self.image["signature"],
                                               self.args["download_timeout"]), sort_keys=True)
         for device in send:
             self.session.publish(device, "cmd", cmd)

@@ -30,8 +30,9 @@ import threading
 import time
 
 try:
-    from ansible_collections.edgefleet.site.plugins.module_utils import identity
+    from ansible_collections.edgefleet.site.plugins.module_utils import contract, identity
 except ImportError:  # tests and tools import it from plugins/module_utils directly
+    import contract
     import identity
 
 PORT_URL = re.compile(r"^(?:/dev/[A-Za-z0-9._/-]+|(?:rfc2217|socket)://[A-Za-z0-9.:\[\]_-]+:\d{1,5}(?:\?[\w=&]*)?)$")
@@ -160,23 +161,44 @@ def check_devices(devices, where="devices"):
     return by_mac
 
 
-def device_document(device_id, kind, site, broker, password, config=None, ca=False, settings=None):
-    """device.json: what a board reads at boot (firmware/app/device.py)."""
+def check_signing_key(key, where="signing_key"):
+    """The site's OTA signing public key as the board gets it (130 hex
+    digits, 04||X||Y), or FlashError: a private key is refused by name (a
+    flash station must never receive it)."""
+    if isinstance(key, str) and "PRIVATE KEY" in key:
+        raise FlashError("%s is a private key: give the public key (<secrets>/signing/current.pub); the private key "
+                         "never leaves the Ansible controller" % where)
+    if key is None or key == "":
+        raise FlashError("%s is required: every board gets the site's OTA signing public key "
+                         "(<secrets>/signing/current.pub) and installs only images it signed" % where)
+    try:
+        return contract.check_public_key(key, where)
+    except contract.ContractError as e:
+        raise FlashError(str(e))
+
+
+def device_document(device_id, kind, site, broker, password, config=None, ca=False, settings=None,
+                    signing_key=None):
+    """device.json: what a board reads at boot (firmware/app/device.py),
+    with the site's OTA signing public key."""
     broker = {"host": broker["host"], "port": int(broker["port"]), "tls": bool(broker.get("tls", True))}
     if ca:
         broker["ca"] = "ca.crt"
-    doc = dict(settings or {}, id=device_id, kind=kind, site=site, broker=broker, password=password)
+    doc = dict(settings or {}, id=device_id, kind=kind, site=site, broker=broker, password=password,
+               signing_key=check_signing_key(signing_key))
     if config:
         doc["config"] = config
     return doc
 
 
 def image_planner(build_regions, flat_image, micropython_bin, devices, site, broker, passwords,
-                  ca_pem=None, wifi=None, version=None, settings=None):
+                  ca_pem=None, wifi=None, version=None, settings=None, signing_key=None):
     """The plan(mac) that flash_port() calls: the registered device of that
     MAC, its regions from firmware.image (*build_regions*, *flat_image*) and
     the flat image's sha256. Everything is checked here, before any board is
-    touched: devices and their ids, a password for each."""
+    touched: devices and their ids, a password for each, the site's signing
+    public key."""
+    check_signing_key(signing_key)
     by_mac = check_devices(devices)
     if not isinstance(passwords, dict):
         raise FlashError("passwords must be a dict {device id: password}")
@@ -193,7 +215,7 @@ def image_planner(build_regions, flat_image, micropython_bin, devices, site, bro
             raise FlashError("the board's MAC %s is not registered: playbooks/flash.yml registers new boards "
                              "(or add it to the inventory)" % mac)
         doc = device_document(dev["id"], dev["kind"], site, broker, passwords[dev["id"]], dev.get("config"),
-                              ca_pem is not None, settings)
+                              ca_pem is not None, settings, signing_key)
         with lock:
             regions, _files = build_regions(micropython_bin, doc, ca_pem, wifi, version)
             digest = hashlib.sha256(flat_image(regions)).hexdigest()

@@ -55,9 +55,18 @@ commanded again. One run goes::
         says so; the next wave starts when every device commanded in this one is final
     state.finish(now); state.save()
 
+The image. ``check_image`` checks an image dict (version, payload, url,
+size, sha256, security_version, signature) the way a device will check its
+command, and names the image in its error: a device installs nothing
+unsigned, so an image without its signature or security_version is refused
+before anything is planned. Whether the signature verifies with the site's
+key is the caller's check (otasign.verify_entry, on the controller).
+
 Resume. ``RolloutState.open`` on an existing file keeps its plan (the device
-list given now is not planned again), refuses a file of another rollout id
-or image sha256, and the caller calls ``DeviceTracker.resumed`` once for each
+list given now is not planned again), refuses a file of another rollout id,
+image sha256 or security_version (the devices commanded before got that
+security_version; a later wave must not get another), and the caller calls
+``DeviceTracker.resumed`` once for each
 device commanded but not final. The ``ota`` reports sent while the
 controller was down are lost, the retained ``status`` is not: a device
 online on the new version starts a new soak; any other device keeps waiting
@@ -390,14 +399,37 @@ class DeviceTracker(object):
 
 # --- the state file -------------------------------------------------------------------
 
-def _check_image(image, rollout_id):
+def image_name(image):
+    """``<payload> <version>`` of an image dict, for messages."""
     if not isinstance(image, dict):
-        raise RolloutError("image: %r is not a dict of version, payload, url, size, sha256" % (image,))
-    sha256 = _check_sha256(image.get("sha256"))
+        return repr(image)
+    return "%s %s" % (image.get("payload", "app"), image.get("version", "(no version)"))
+
+
+def check_image(image, rollout_id):
+    """The image with its sha256 lower-cased, or RolloutError naming the
+    image and what is wrong: every field an ota command carries, checked as
+    the device checks it, the signed ones (security_version, signature)
+    included."""
+    if not isinstance(image, dict):
+        raise RolloutError("image: %r is not a dict of version, payload, url, size, sha256, security_version, "
+                           "signature" % (image,))
+    name = image_name(image)
+    for key, what in (("signature", "the site signing key's signature over it (the ota_server role's manifest "
+                                    "carries it; devices install nothing unsigned)"),
+                      ("security_version", "its security_version (signed with it; the manifest carries it)")):
+        if image.get(key) is None:
+            raise RolloutError("image %s has no %s: %s" % (name, key, what))
     try:
-        contract.check_ota_command(dict(image, id=command_id(rollout_id, sha256), cmd="ota"))
+        sha256 = _check_sha256(image.get("sha256"))
+    except RolloutError as e:
+        raise RolloutError("image %s: %s" % (name, e))
+    cmd = dict(image, id=command_id(rollout_id, sha256), cmd="ota")
+    try:
+        contract.check_ota_command(cmd)
+        contract.ota_signed_fields(cmd)
     except contract.ContractError as e:
-        raise RolloutError("image: %s" % e)
+        raise RolloutError("image %s: %s" % (name, e))
     return dict(image, sha256=sha256)
 
 
@@ -414,7 +446,7 @@ class RolloutState(object):
         """Load *path*, or start a new rollout planned by plan_fn() (not
         written before save())."""
         check_rollout_id(rollout_id)
-        image = _check_image(image, rollout_id)
+        image = check_image(image, rollout_id)
         if os.path.exists(path):
             try:
                 with open(path) as f:
@@ -431,6 +463,11 @@ class RolloutState(object):
             if str(record["image"].get("sha256")).lower() != image["sha256"]:
                 raise RolloutError("%s is the state of a rollout of image sha256 %s, not %s"
                                    % (path, record["image"].get("sha256"), image["sha256"]))
+            recorded = record["image"].get("security_version")
+            if recorded is not None and recorded != image["security_version"]:
+                raise RolloutError("%s is the state of a rollout of image %s with security_version %s, not %s: the "
+                                   "devices commanded so far got %s; start a new rollout_id for the new one"
+                                   % (path, image_name(image), recorded, image["security_version"], recorded))
             return cls(path, record, True)
         plan = plan_fn()
         devices = {}

@@ -17,7 +17,8 @@ description:
     boards the inventory does not know yet from that.
   - With I(state=flashed) it looks the MAC up in I(devices), builds that board's image with
     C(firmware/image) (MicroPython base image, partition table, per-device NVS, and the filesystem with
-    the compiled app, C(device.json) with identity, broker and credentials, and the site CA), compares the
+    the compiled app, C(device.json) with identity, broker, credentials and the site's OTA signing public
+    key, and the site CA), compares the
     MD5 of each region with what the board holds, and writes only the regions that differ. esptool then
     checks each written region's MD5; a board whose flash does not match is a failure, never a success.
     The board is reset at the end (over C(socket://) and C(rfc2217://) with C(ign_set_control) there are
@@ -91,6 +92,14 @@ options:
   ca_cert:
     description: The site CA certificate (PEM text) written to the board as C(ca.crt). Required when
       I(broker_tls) is true.
+    type: str
+  signing_key:
+    description:
+      - The site's OTA signing public key, 130 lower-case hex digits (C(04||X||Y)), from
+        C(<edgefleet_secrets_dir>/signing/current.pub) on the Ansible controller, written into C(device.json)
+        as C(signing_key). The board installs only OTA images signed by its private key. Required for
+        I(state=flashed).
+      - Only the public key. A private key (PEM) is refused by name; it never leaves the Ansible controller.
     type: str
   wifi_ssid:
     description: Wi-Fi network written into the board's NVS. Without it the NVS is left blank.
@@ -167,6 +176,7 @@ EXAMPLES = r"""
     site: plant1
     broker_host: 10.0.5.2
     ca_cert: "{{ lookup('ansible.builtin.file', 'secrets/plant1/ca/ca.crt') }}"
+    signing_key: "{{ lookup('ansible.builtin.file', 'secrets/plant1/signing/current.pub') }}"
     micropython_image: /opt/edgefleet/flash/micropython/ESP32_GENERIC-OTA.bin
   vars:
     ansible_python_interpreter: /opt/edgefleet/flash/venv/bin/python
@@ -215,6 +225,7 @@ ARGS = dict(
     broker_port=dict(type="int", default=8883),
     broker_tls=dict(type="bool", default=True),
     ca_cert=dict(type="str"),
+    signing_key=dict(type="str"),
     wifi_ssid=dict(type="str"),
     wifi_password=dict(type="str", no_log=True),
     micropython_image=dict(type="path"),
@@ -248,6 +259,7 @@ def flash_plan(p):
         raise esp32flash.FlashError("ca_cert is required with broker_tls (boards must trust the site CA)")
     if p["wifi_password"] and not p["wifi_ssid"]:
         raise esp32flash.FlashError("wifi_password is set but wifi_ssid is not")
+    signing_key = esp32flash.check_signing_key(p["signing_key"])
     if not os.path.isfile(p["micropython_image"]):
         raise esp32flash.FlashError("micropython_image %s does not exist on this host: copy MicroPython's "
                                     "ESP32 firmware.bin there (docs/flashing.md)" % p["micropython_image"])
@@ -259,7 +271,8 @@ def flash_plan(p):
     wifi = {"ssid": p["wifi_ssid"], "password": p["wifi_password"] or ""} if p["wifi_ssid"] else None
     broker = {"host": p["broker_host"], "port": p["broker_port"], "tls": p["broker_tls"]}
     return esp32flash.image_planner(image.build_regions, image.flat_image, base, p["devices"], p["site"], broker,
-                                    p["passwords"], ca, wifi, p["app_version"] or fw_version)
+                                    p["passwords"], ca, wifi, p["app_version"] or fw_version,
+                                    signing_key=signing_key)
 
 
 def main():

@@ -26,6 +26,11 @@ description:
     commanded; devices of the current wave are still followed to their end; the result names the wave and the
     reason.
   - "Devices offline when their wave comes are not commanded (C(offline)); a later run commands them."
+  - "Signed images only: before anything is read or commanded (check mode too), the image's C(signature) must
+    verify with the site's signing key (I(signing_key_file)) over its payload, version, size, sha256 and
+    security_version, as every device checks it. An edited manifest, an image entry changed by hand, or a
+    manifest signed by another key (one written before a key rotation) stops the task, and nothing is
+    commanded."
   - "Resume: every device's state is kept in a state file named by I(rollout_id) and the image's sha256
     (C(<state_dir>/<rollout_id>-<sha256 prefix>.json)), written before each wave's commands are published.
     Run the same task again after the controller was killed at any point: it keeps the waves it planned,
@@ -58,7 +63,7 @@ options:
         choices: [app, firmware]
         default: app
       url:
-        description: Where devices download it (the OTA server, as devices reach it).
+        description: Where devices download it (the OTA server, as devices reach it); plain C(http://) only.
         type: str
         required: true
       sha256:
@@ -69,6 +74,16 @@ options:
         description: The image's size in bytes.
         type: int
         required: true
+      security_version:
+        description:
+          - The image's security version (anti-rollback), signed with it. Required (the manifest carries it); a
+            missing one fails the task naming the image.
+        type: int
+      signature:
+        description:
+          - The site signing key's signature over payload, version, size, sha256 and security_version (128 hex
+            digits, r||s). Required (the manifest carries it); devices install nothing unsigned.
+        type: str
   devices:
     description: Device ids (inventory host names). Default the play's hosts (C(ansible_play_hosts)).
     type: list
@@ -110,6 +125,11 @@ options:
   state_dir:
     description: Where state files live. Default C(<edgefleet_secrets_dir>/rollouts).
     type: path
+  signing_key_file:
+    description:
+      - The site's signing public key (the contract's 130 hex digits), which the image's signature must verify
+        with. Default C(<edgefleet_secrets_dir>/signing/current.pub), where the ota_signing role keeps it.
+    type: path
 notes:
   - Check mode reads the retained statuses and lists the waves and their devices; it commands nothing and
     writes no state file.
@@ -133,9 +153,12 @@ EXAMPLES = r"""
         image:
           version: 0.9.0
           payload: app
-          url: https://ctl-1:8443/app/0.9.0/app-0.9.0.bundle
+          url: http://ctl-1:8080/app/0.9.0/app-0.9.0.bundle
           sha256: 9f2c4b0e0d8a6c1e3b5a7d9f1e2c4b6a8d0f2e4c6b8a0d2f4e6c8b0a2d4f6e8c
           size: 48211
+          security_version: 0
+          # from the ota_server role's manifest, which the Ansible controller signed
+          signature: "{{ lookup('ansible.builtin.file', 'signature-app-0.9.0.txt') }}"
         canary: 2
         waves: ["10%", "100%"]
         abort_percent: 5

@@ -15,10 +15,13 @@ import sys
 import pytest
 
 import firmware.image as build
+import testkeys
 from mpy_runner import APP, SOURCES, run_micropython
 
+KEY = testkeys.new_key()  # the test site's OTA signing key
 DEVICE = {"id": "psu-ktcyat68", "kind": "psu", "site": "lab", "broker": {"host": "10.0.0.2", "port": 1883},
-          "password": "secret", "config": {"pzem_addresses": [1, 2, 3], "temperature_zones": 0}}
+          "password": "secret", "config": {"pzem_addresses": [1, 2, 3], "temperature_zones": 0},
+          "signing_key": KEY.public}
 
 
 def stand_in_micropython():
@@ -74,6 +77,10 @@ def test_filesystem_holds_the_compiled_app_and_device_files(built, tmp_path):
     image, report = built
     files = read_filesystem(image)
     assert json.loads(files["device.json"]) == DEVICE
+    assert json.loads(files["device.json"])["signing_key"] == KEY.public  # the public key, for the OTA check
+    pem = KEY.key.private_bytes(*_pkcs8())
+    der = KEY.key.private_numbers().private_value.to_bytes(32, "big")
+    assert b"PRIVATE KEY" not in image and pem not in image and der not in image
     assert files["main.py"] == (APP / "main.py").read_bytes()
     assert {"bootsel.mpy", "board_esp32.mpy", "boardkit.mpy", "supervisor.mpy", "ca.crt"} <= set(files)
     manifest = json.loads(files["app_a/manifest.json"])
@@ -97,6 +104,31 @@ def test_same_inputs_same_bytes_and_any_change_shows(built):
                                        ca_pem=b"-----BEGIN CERTIFICATE-----\n",
                                        wifi={"ssid": "plant-net", "password": "pw"}, version="1.4.0")
     assert report3["sha256"] != report["sha256"]
+    rekeyed, report4 = build.build_image(stand_in_micropython(), dict(DEVICE, signing_key=testkeys.new_key().public),
+                                         ca_pem=b"-----BEGIN CERTIFICATE-----\n",
+                                         wifi={"ssid": "plant-net", "password": "pw"}, version="1.4.0")
+    assert report4["sha256"] != report["sha256"]  # a board with another site key needs flashing
+
+
+def _pkcs8():
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+
+
+@pytest.mark.parametrize("signing_key, reason", [
+    (None, "device.json of psu-ktcyat68 has no signing_key"),
+    ("04" + "ab" * 32, "signing_key of psu-ktcyat68 must be 130 lower-case hex digits"),
+    ("04" + "AB" * 64, "signing_key of psu-ktcyat68 must be 130 lower-case hex digits"),
+    ("-----BEGIN PRIVATE KEY-----\nMIG...", "signing_key of psu-ktcyat68 must be 130"),
+])
+def test_a_device_without_the_sites_public_key_is_refused(signing_key, reason):
+    device = dict(DEVICE)
+    device.pop("signing_key")
+    if signing_key is not None:
+        device["signing_key"] = signing_key
+    with pytest.raises(build.BuildError, match=reason):
+        build.build_regions(stand_in_micropython(), device)
 
 
 @pytest.mark.parametrize("base,reason", [
@@ -131,7 +163,7 @@ import asyncio, json, pathlib, sys, tempfile
 from firmware.sim import fleet
 with tempfile.TemporaryDirectory() as tmp:
     root = fleet.provision(tmp, "psu-ktcyat68", "psu", "24:0a:c4:12:34:01", "lab", {"host": "127.0.0.1", "port": 1},
-                           "pw", initial_config=fleet.kind_config("psu"))
+                           "pw", initial_config=fleet.kind_config("psu"), signing_key="04" + "5a" * 64)
     sim = fleet.SimDevice(root, bytes.fromhex("240ac4123401"), "psu", time_scale=0.01)
 
     async def briefly():

@@ -12,9 +12,11 @@ import firmware.image as build
 import identity
 import plugrun
 import pytest
+import testkeys
 from rompeer import RomPeer
 
 MACS = [bytes.fromhex("240ac41234%02x" % i) for i in (1, 2, 3)]
+KEY = testkeys.new_key()  # the test site's OTA signing key: boards get its public key
 APP = 0x10000
 CFG = 0x3F0000
 
@@ -169,7 +171,20 @@ def test_registered_devices_are_checked_before_any_board(devices, message):
 def test_a_device_without_a_password_is_refused_before_any_board():
     with pytest.raises(esp32flash.FlashError, match="no MQTT password for psu-ktcyat68"):
         esp32flash.image_planner(build.build_regions, build.flat_image, b"", [PSU1], "lab",
-                                 {"host": "h", "port": 1}, {})
+                                 {"host": "h", "port": 1}, {}, signing_key=KEY.public)
+
+
+@pytest.mark.parametrize("signing_key, message", [
+    (None, "signing_key is required: every board gets the site's OTA signing public key"),
+    ("", "signing_key is required"),
+    ("04" + "ab" * 10, "signing_key must be 130 lower-case hex digits"),
+    ("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG\n-----END PRIVATE KEY-----\n",
+     "signing_key is a private key: give the public key"),
+])
+def test_the_sites_public_signing_key_is_required_before_any_board(signing_key, message):
+    with pytest.raises(esp32flash.FlashError, match=message):
+        esp32flash.image_planner(build.build_regions, build.flat_image, b"", [PSU1], "lab",
+                                 {"host": "h", "port": 1}, {PSU1["id"]: "pw"}, signing_key=signing_key)
 
 
 def test_a_board_holds_its_built_image_byte_for_byte_and_an_unregistered_one_fails(peers):
@@ -182,16 +197,17 @@ def test_a_board_holds_its_built_image_byte_for_byte_and_an_unregistered_one_fai
     ca = b"-----BEGIN CERTIFICATE-----\nMII...\n-----END CERTIFICATE-----\n"
     plan = esp32flash.image_planner(build.build_regions, build.flat_image, plugrun.stand_in_micropython(), [PSU1], "lab",
                                     {"host": "10.0.0.2", "port": 8883, "tls": True}, {PSU1["id"]: secret},
-                                    ca_pem=ca, version="1.2.3")
+                                    ca_pem=ca, version="1.2.3", signing_key=KEY.public)
     results = esp32flash.flash_ports([p.url for p in ps], plan, workers=2)
     ok, unregistered = results
     assert ok["error"] is None and ok["device_id"] == PSU1["id"]
     doc = esp32flash.device_document(PSU1["id"], "psu", "lab", {"host": "10.0.0.2", "port": 8883}, secret,
-                                     PSU1["config"], ca=True)
+                                     PSU1["config"], ca=True, signing_key=KEY.public)
     image, report = build.build_image(plugrun.stand_in_micropython(), doc, ca, None, "1.2.3")
     assert bytes(ps[0].flash) == image and ok["image_sha256"] == report["sha256"]
     files = build.read_littlefs(bytes(ps[0].flash[0x310000:0x400000]))
     assert json.loads(files["device.json"])["id"] == PSU1["id"] and files["ca.crt"] == ca
+    assert json.loads(files["device.json"])["signing_key"] == KEY.public
     assert "not registered" in unregistered["error"] and unregistered["mac"] == "24:0a:c4:12:34:02"
     assert not any(c.startswith("FLASH") for c in ps[1].commands())
     assert secret not in json.dumps(results)
@@ -205,13 +221,15 @@ def test_the_simulator_boots_a_board_from_its_flash_bytes(peers, tmp_path):
 
     [p] = peers({})
     plan = esp32flash.image_planner(build.build_regions, build.flat_image, plugrun.stand_in_micropython(), [PSU1], "lab",
-                                    {"host": "127.0.0.1", "port": 1883, "tls": False}, {PSU1["id"]: "pw"})
+                                    {"host": "127.0.0.1", "port": 1883, "tls": False}, {PSU1["id"]: "pw"},
+                                    signing_key=KEY.public)
     [r] = esp32flash.flash_ports([p.url], plan)
     assert r["error"] is None
     root, device_id, kind = fleet.boot_from_flash(str(tmp_path), bytes(p.flash), MACS[0])
     assert (device_id, kind) == (PSU1["id"], "psu")
     doc = json.loads((tmp_path / device_id / "device.json").read_text())
     assert doc["broker"] == {"host": "127.0.0.1", "port": 1883, "tls": False} and doc["password"] == "pw"
+    assert doc["signing_key"] == KEY.public  # the simulated board holds the site key as flashed
     assert (tmp_path / device_id / "app_a" / "manifest.json").is_file()
     with pytest.raises(ValueError, match="not the id of MAC"):
         fleet.boot_from_flash(str(tmp_path), bytes(p.flash), MACS[1])

@@ -11,15 +11,14 @@ import contract
 import identity
 from firmware.sim import fleet
 from mqttc import Client as Paho
+import testkeys
 from roleacl import render_acl
-from testkeys import TestKey
 from waits import until  # noqa: F401  (the tests import it from here)
 
 SITE = "it"
 SPECS = [("psu", "24:0a:c4:12:34:01"), ("oven", "24:0a:c4:12:34:21"), ("env", "24:0a:c4:12:34:11")]
 DEVICES = [(identity.device_id(k, m), k, m) for k, m in SPECS]
 SERVICE = {"telegraf": "tg-pw", "controller": "ctl-pw", "exporter": "ex-pw", "exporter_sys": "exs-pw"}
-SITE_KEY = TestKey()  # the test site's signing key: every device trusts it, as flashed
 
 
 def topic(device_id, channel):
@@ -30,9 +29,12 @@ def topic(device_id, channel):
 
 def make_site(broker, tmp_path, devices=DEVICES):
     """A broker with users and ACL for *devices* [(id, kind, mac)]; the
-    returned make() provisions simulated devices among them."""
+    returned make() provisions simulated devices among them. make.key is
+    the site's signing key, in <tmp_path>/secrets/signing as the ota_signing
+    role keeps it (fleetplay's inventories point there)."""
     users = dict(SERVICE, **{d: f"pw-{d}" for d, _, _ in devices})
     b = broker(users=users, acl=render_acl(SITE, [d for d, _, _ in devices]))
+    key = testkeys.site_key(tmp_path / "secrets")
 
     def make(specs=devices, time_scale=0.02, initial=None, settings=None):
         """Simulated devices for *specs*. At these time scales a fraction of
@@ -45,12 +47,13 @@ def make_site(broker, tmp_path, devices=DEVICES):
             root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                    {"host": "127.0.0.1", "port": b.port, "keepalive": 30}, users[device_id],
                                    initial_config=cfg,
-                                   settings=dict({"watchdog_s": 0, "selftest_timeout_s": 150,
-                                                  "signing_key": SITE_KEY.public_hex}, **(settings or {})))
+                                   settings=dict({"watchdog_s": 0, "selftest_timeout_s": 150}, **(settings or {})),
+                                   signing_key=key.public)
             sims.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=time_scale))
         return sims
 
     make.broker = b
+    make.key = key
     return make
 
 

@@ -15,10 +15,12 @@ import contract
 from firmware.sim import fleet
 from mqttc import Client
 from rolebroker import RoleBroker
+import testkeys
 from simsite import DEVICES, SERVICE
 from waits import until
 
 SITE = "rs"
+KEY = testkeys.new_key()  # the devices' OTA signing public key
 DEVICE = DEVICES[0][0]
 
 
@@ -136,7 +138,7 @@ def test_devices_lose_nothing_through_a_60s_broker_outage(role_broker, tmp_path)
         cfg = dict(fleet.kind_config(kind, mac), publish_interval_s=2, sample_interval_s=1)
         root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                {"host": "127.0.0.1", "port": b.port, "keepalive": 30}, "pw-" + device_id,
-                               initial_config=cfg, settings={"watchdog_s": 0})
+                               initial_config=cfg, settings={"watchdog_s": 0}, signing_key=KEY.public)
         sims.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind))
 
     def seqs():

@@ -3,6 +3,8 @@ bootsel.py, supervisor.py and httpget.py) against a real broker and a real
 HTTP server: success, corrupted download, stalled download, out of memory,
 self-test failure with rollback, a new slot that keeps crashing, the
 watchdog, power cuts at the risky steps, and answers to other commands.
+Every OTA command is signed with the test site's key (tools/pylib/testkeys),
+as the controller signs it, and its URL is plain http:// (the contract).
 Every wait is on a condition with a deadline."""
 
 import asyncio
@@ -14,7 +16,8 @@ import pytest
 import bootsel
 import ota
 import supervisor
-from simsite import DEVICES, SITE_KEY, online, payloads, run_for, topic, until, watcher
+import testkeys
+from simsite import DEVICES, online, payloads, run_for, topic, until, watcher
 from www import Www
 
 NEW_VERSION = "0.9.0"
@@ -26,10 +29,10 @@ def app_bundle():
     return ota.pack_bundle(NEW_VERSION, files)
 
 
-def ota_cmd(payload, artifact, **extra):
-    """An ota command signed by the test site's key (the devices trust it)."""
-    return SITE_KEY.sign_command(dict({"id": "ota-" + uuid.uuid4().hex[:6], "cmd": "ota", "payload": payload,
-                                       "version": NEW_VERSION}, **artifact, **extra))
+def ota_cmd(site, payload, artifact, security_version=0, **extra):
+    """An ota command for *artifact* (url, size, sha256), signed by the site key."""
+    signed = site.key.sign(dict(artifact, payload=payload, version=NEW_VERSION), security_version)
+    return dict(signed, id="ota-" + uuid.uuid4().hex[:6], cmd="ota", **extra)
 
 
 def run_ota(site, www, payload, data, setup=None, cmd_extra=None, until_boots=None):
@@ -42,7 +45,7 @@ def run_ota(site, www, payload, data, setup=None, cmd_extra=None, until_boots=No
     if setup:
         setup(sim)
     ctl = watcher(site.broker, "controller", topic(device_id, "#"))
-    cmd = ota_cmd(payload, www.publish("artifact.bin", data), **(cmd_extra or {}))
+    cmd = ota_cmd(site, payload, www.publish("artifact.bin", data), **(cmd_extra or {}))
 
     def final():
         return [r for r in payloads(ctl, "ota", device_id) if r["state"] in FINAL]
@@ -131,7 +134,7 @@ def test_a_new_slot_that_keeps_crashing_is_abandoned(site, www):
     device_id = DEVICES[0][0]
     crashing_new_app(sim)
     ctl = watcher(site.broker, "controller", topic(device_id, "#"))
-    cmd = ota_cmd("app", www.publish("a.bin", app_bundle()))
+    cmd = ota_cmd(site, "app", www.publish("a.bin", app_bundle()))
 
     async def scenario():
         await online(ctl, device_id)
@@ -174,7 +177,7 @@ def test_power_cut_during_download_and_before_confirmation_leaves_a_bootable_dev
     device_id = DEVICES[0][0]
     sim.board.faults.ota_hang = True
     ctl = watcher(site.broker, "controller", topic(device_id, "#"))
-    cmd = ota_cmd("app", www.publish("a.bin", app_bundle()), timeout_s=30)
+    cmd = ota_cmd(site, "app", www.publish("a.bin", app_bundle()), timeout_s=30)
 
     async def scenario():
         await online(ctl, device_id)
@@ -209,16 +212,17 @@ def test_power_cut_during_download_and_before_confirmation_leaves_a_bootable_dev
 
 def test_one_tls_session_through_a_whole_ota(broker, tmp_path, monkeypatch):
     """MQTT over TLS with the site CA, and an update offered twice: over
-    HTTPS (refused: a second TLS session is what an ESP32 without PSRAM
-    cannot afford) and over plain HTTP (the image is signed). Every
-    connection the device opens goes through netio.open_connection; the
-    TLS ones are counted, and how many are open at each new one."""
+    HTTPS (refused, even signed: a second TLS session is what an ESP32
+    without PSRAM cannot afford) and over plain HTTP (the image is signed).
+    Every connection the device opens goes through netio.open_connection;
+    the TLS ones are counted, and how many are open at each new one."""
     import netio
     from firmware.sim import fleet
     from roleacl import render_acl
     from simsite import SERVICE
     from tlsca import make_ca_and_server
 
+    key = testkeys.new_key()
     tls = make_ca_and_server(tmp_path / "tls")
     device_id, kind, mac = DEVICES[0]
     b = broker(users=dict(SERVICE, **{device_id: "pw"}), acl=render_acl("it", [device_id]), tls=tls)
@@ -227,12 +231,17 @@ def test_one_tls_session_through_a_whole_ota(broker, tmp_path, monkeypatch):
     https, http = Www(tmp_path / "https", tls=tls), Www(tmp_path / "http")
     root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, "it",
                            {"host": "127.0.0.1", "port": b.tls_port, "tls": True}, "pw", ca_file=str(tls["ca"]),
-                           initial_config=fleet.kind_config(kind, mac),
-                           settings={"signing_key": SITE_KEY.public_hex, "selftest_timeout_s": 150})
+                           initial_config=fleet.kind_config(kind, mac), settings={"selftest_timeout_s": 150},
+                           signing_key=key.public)
     sim = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
     ctl = watcher(b, "controller", topic(device_id, "#"))
-    over_https = ota_cmd("app", https.publish("app.bin", app_bundle()))
-    over_http = ota_cmd("app", http.publish("app.bin", app_bundle()))
+
+    def command(server):
+        artifact = server.publish("app.bin", app_bundle())
+        return dict(key.sign(dict(artifact, payload="app", version=NEW_VERSION)), id="ota-" + uuid.uuid4().hex[:6],
+                    cmd="ota")
+
+    over_https, over_http = command(https), command(http)
     real_open = netio.open_connection
     tls_open, peak = [], [0]
 
@@ -268,7 +277,6 @@ def test_one_tls_session_through_a_whole_ota(broker, tmp_path, monkeypatch):
         "downloading", "verifying", "rebooting", "confirmed"]
     assert bootsel.load(sim.board.fs)["active"] == "b"
     assert len(tls_open) == 2, "one MQTT session before the reboot, one after"
-
 
 def test_every_command_gets_an_answer(site):
     """reboot is accepted (with its id) and the device reboots; an unknown or

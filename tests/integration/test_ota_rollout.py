@@ -2,7 +2,9 @@
 the action plugin against a real Mosquitto with the mosquitto role's ACL and
 a real HTTP server, while simulated devices (the unchanged firmware app with
 its real OTA, self-test and rollback) update, fail or roll back through the
-simulator's fault injection. Every wait has a deadline."""
+simulator's fault injection. Every image is signed with the site key of the
+test's secrets directory (tools/pylib/testkeys), which the rollout checks
+before it commands anyone. Every wait has a deadline."""
 
 import asyncio
 import json
@@ -13,7 +15,9 @@ import signal
 import pytest
 
 import ota
+import otasign
 import rollout
+import testkeys
 from firmware.sim import fleet
 from fleetplay import run_playbook, start_playbook, write_inventory
 from simsite import SITE, make_site, payloads, until, watcher
@@ -32,11 +36,17 @@ def ota_site(broker, tmp_path):
 
 
 @pytest.fixture
-def image(tmp_path):
+def site_key(tmp_path):
+    """The site signing key in the inventory's secrets directory (<inventory>/../secrets)."""
+    return testkeys.site_key(tmp_path / "secrets")
+
+
+@pytest.fixture
+def image(tmp_path, site_key):
     (tmp_path / "www").mkdir()
     server = Www(tmp_path / "www")
     bundle = ota.pack_bundle(NEW, {"device.py": b"# new app\n", "version.txt": NEW.encode()})
-    yield dict(server.publish("app.bundle", bundle), version=NEW, payload="app")
+    yield site_key.sign(dict(server.publish("app.bundle", bundle), version=NEW, payload="app"))
     server.close()
 
 
@@ -58,6 +68,30 @@ def plan(rollout_id, waves=(3, "100%"), canary=1):
     return rollout.plan_waves(IDS, rollout_id, canary, list(waves))
 
 
+def cmd_listeners(site):
+    """Each device's own session on its cmd topic (the controller user may
+    write cmd, not read it)."""
+    return [watcher(site.broker, d, f"site/{SITE}/{d.split('-')[0]}/{d}/cmd", password=f"pw-{d}") for d in IDS]
+
+
+def commands(listeners):
+    """Every ota command the devices' sessions got."""
+    return [p for c in listeners for p in payloads(c, "cmd") if isinstance(p, dict) and p.get("cmd") == "ota"]
+
+
+def assert_signed(cmds, public):
+    """Each command is what a device accepts: the contract's checks and a
+    signature by the site key over exactly the fields it carries."""
+    import contract
+
+    assert cmds
+    for cmd in cmds:
+        payload, version, url, size, sha256, _ = contract.check_ota_command(cmd)
+        security_version, signature = contract.ota_signed_fields(cmd)
+        assert url.startswith("http://")
+        assert otasign.verify_entry(public, payload, version, size, sha256, security_version, signature), cmd
+
+
 def started_downloads(ctl):
     """Device id -> how many OTA downloads it started (one per command it took)."""
     counts = {}
@@ -77,11 +111,12 @@ async def fleet_running(sims, ctl, scenario):
         assert all(t.done() for t in tasks)
 
 
-def test_rollout_over_three_waves_succeeds_and_a_rerun_commands_nobody(ota_site, image, tmp_path):
+def test_rollout_over_three_waves_succeeds_and_a_rerun_commands_nobody(ota_site, image, site_key, tmp_path):
     sims = ota_site()
     inv = inventory(ota_site, tmp_path)
     ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
     assert ctl.subscribe(f"site/{SITE}/+/+/ota", 1) == [1]
+    listeners = cmd_listeners(ota_site)
 
     async def scenario():
         first = await run_playbook("ota.yml", inv, *extra(image, "r3"))
@@ -97,6 +132,8 @@ def test_rollout_over_three_waves_succeeds_and_a_rerun_commands_nobody(ota_site,
     assert all(s.device.fw == NEW for s in sims)
     assert "wave 3/3" in first.stdout  # progress printed while it ran
     assert started_downloads(ctl) == {d: 1 for d in IDS}
+    assert len(commands(listeners)) == 8
+    assert_signed(commands(listeners), site_key.public)
     assert second.returncode == 0, second
     r2 = second.task("Roll out")
     assert r2["changed"] is False and r2["summary"] == {"succeeded": 8}
@@ -187,7 +224,8 @@ def test_check_mode_lists_the_waves_and_commands_nothing(ota_site, image, tmp_pa
                                                  {"src": "/build/old.bundle", "version": "0.9.0", "payload": "app"}],
                                                 base, "/srv/ota")
     (tmp_path / "www" / "manifest.json").write_text(OTA_FILTERS.edgefleet_ota_manifest(
-        entries, [{"size": image["size"], "sha256": image["sha256"]}, {"size": 1, "sha256": "0" * 64}], base, SITE))
+        entries, [{"size": image["size"], "sha256": image["sha256"]}, {"size": 1, "sha256": "0" * 64}], base, SITE,
+        testkeys.site_key(tmp_path / "secrets").path))
     inv = write_inventory(tmp_path / "inv", ota_site.broker, SPECS, controller={"ota_server_base_url": base})
     ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
     assert ctl.subscribe(f"site/{SITE}/+/+/ota", 1) == [1]
@@ -202,6 +240,7 @@ def test_check_mode_lists_the_waves_and_commands_nothing(ota_site, image, tmp_pa
     picked = play.task("Pick the image")["ansible_facts"]["_ota_image"]
     assert (picked["url"], picked["sha256"], picked["version"]) == (image["url"].replace(
         "/app.bundle", f"/app/{NEW}/app.bundle"), image["sha256"], NEW)
+    assert (picked["security_version"], picked["signature"]) == (0, image["signature"])
     r = play.task("Roll out")
     assert [w["devices"] for w in r["waves"]] == plan("chk")
     assert "3 wave(s) over 8 device(s) (1, 3, 4)" in r["msg"]
@@ -218,3 +257,39 @@ def test_an_inventory_variable_that_does_not_resolve_fails_the_task_by_name(ota_
     assert play.returncode != 0, play
     msg = play.task("Roll out")["msg"]
     assert msg.startswith("ota_rollout: inventory variable edgefleet_secrets_dir:") and "no_such_variable" in msg, msg
+
+
+@pytest.mark.parametrize("tamper, fragment", [
+    ("other-key", "does not verify with the site's signing key"),
+    ("security_version", "does not verify with the site's signing key"),
+    ("size", "does not verify with the site's signing key"),
+    ("unsigned", "image app 0.9.1 has no signature"),
+    ("no-security-version", "image app 0.9.1 has no security_version"),
+])
+def test_an_image_the_site_key_did_not_sign_is_refused_before_anyone_is_commanded(ota_site, image, tmp_path,
+                                                                                   tamper, fragment):
+    """An edited manifest entry, another key's signature, or no signature at
+    all: the play fails naming the image, and no device gets a command (each
+    one's own session on cmd proves it); no state file is written."""
+    bad = dict(image)
+    if tamper == "other-key":
+        bad = testkeys.new_key().sign(dict(image))
+    elif tamper == "security_version":
+        bad["security_version"] = 1
+    elif tamper == "size":
+        bad["size"] += 1
+    elif tamper == "unsigned":
+        del bad["signature"]
+    else:
+        del bad["security_version"]
+    inv = inventory(ota_site, tmp_path)
+    listeners = cmd_listeners(ota_site)
+    play = asyncio.run(run_playbook("ota.yml", inv, *extra(bad, "tamper")))
+    assert play.returncode != 0, play
+    msg = play.task("Roll out")["msg"]
+    assert fragment in msg, msg
+    if "verify" in fragment:
+        assert "nothing was commanded" in msg and str(tmp_path / "secrets" / "signing" / "current.pub") in msg
+    for c in listeners:
+        assert c.messages() == []
+    assert not (tmp_path / "secrets" / "rollouts").exists()

@@ -1,6 +1,7 @@
 """python -m firmware.sim as an operator runs it: devices and broker address
-from an Ansible inventory, credentials from the secrets directory; stops
-after --duration or on Ctrl-C (SIGINT), marking each device offline."""
+from an Ansible inventory, credentials and the site's OTA signing public key
+from the secrets directory; stops after --duration or on Ctrl-C (SIGINT),
+marking each device offline."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import time
 
 import identity
+import testkeys
 from mqttc import Client as Paho
 from roleacl import render_acl
 
@@ -32,6 +34,7 @@ def make_site(tmp_path, broker):
     (secrets / "mqtt").mkdir(parents=True)
     for i in ids:
         (secrets / "mqtt" / i).write_text("pw-" + i + "\n")
+    testkeys.site_key(secrets)  # <secrets>/signing/current.{key,pub}, as the ota_signing role makes them
     return b, ids, ["--inventory", str(inv), "--secrets", str(secrets), "--state-dir", str(tmp_path / "state")]
 
 
@@ -66,6 +69,13 @@ def test_runs_for_duration_and_reports(tmp_path, broker):
     wait_for(lambda: last_status(watcher) == {i: False for i in ids}, 5,
              "each device to mark itself offline when the simulator stops")
     watcher.close()
+    # each device holds the site's public key, as a flashed board does, and nothing of the private key
+    public = (tmp_path / "secrets" / "signing" / "current.pub").read_text().strip()
+    private = (tmp_path / "secrets" / "signing" / "current.key").read_text()
+    for i in ids:
+        text = (tmp_path / "state" / i / "device.json").read_text()
+        assert json.loads(text)["signing_key"] == public
+        assert "PRIVATE" not in text and private not in text
 
 
 def test_ctrl_c_stops_cleanly(tmp_path, broker):
@@ -90,6 +100,9 @@ def test_too_many_devices_and_missing_credentials_are_refused(tmp_path, broker):
     proc = cli(args)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0 and f"no password for {ids[0]}" in out
+    (tmp_path / "secrets" / "signing" / "current.pub").unlink()
+    out, _ = cli(args).communicate(timeout=60)
+    assert "no OTA signing key in" in out and "current.pub" in out, out
 
 
 def test_generated_runs_only_the_plugins_devices(tmp_path, broker):

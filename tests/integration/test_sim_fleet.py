@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+import testkeys
 from firmware.sim import fleet
 from mqttc import Client as Paho
 from roleacl import render_acl
@@ -323,7 +324,8 @@ def test_devices_use_tls_with_the_site_ca(broker, tmp_path):
     b = broker(users=dict(SERVICE, **{device_id: "pw"}), acl=render_acl(SITE, [device_id]), tls=tls)
     root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                            {"host": "127.0.0.1", "port": b.tls_port, "tls": True}, "pw", ca_file=str(tls["ca"]),
-                           initial_config=fleet.kind_config(kind, mac))
+                           initial_config=fleet.kind_config(kind, mac),
+                           signing_key=testkeys.new_key().public)
     sim = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
     tg = Paho(b.tls_port, user="telegraf", password=SERVICE["telegraf"], ca_file=str(tls["ca"])).connect_ok()
     tg.subscribe(topic(device_id, "state"), 1)

@@ -90,8 +90,15 @@ def test_bad_ota_commands(cmd, reason):
 
 
 def test_ota_command_round_trip():
-    cmd = contract.ota_command("r1-a", "app", "1.2.0", "https://ctl/fw/app-1.2.0.bin", 1024, "AB" * 32, 60)
-    assert contract.check_ota_command(cmd) == ("app", "1.2.0", "https://ctl/fw/app-1.2.0.bin", 1024, "ab" * 32, 60)
+    signature = "5a" * 64
+    cmd = contract.ota_command("r1-a", "app", "1.2.0", "http://ctl/fw/app-1.2.0.bin", 1024, "AB" * 32, 3, signature, 60)
+    assert contract.check_ota_command(cmd) == ("app", "1.2.0", "http://ctl/fw/app-1.2.0.bin", 1024, "ab" * 32, 60)
+    assert contract.ota_signed_fields(cmd) == (3, signature)
+    for bad in ({"url": "https://ctl/fw/app-1.2.0.bin"}, {"security_version": -1}, {"signature": "5A" * 64}):
+        args = dict({"url": "http://ctl/fw/a.bin", "security_version": 3, "signature": signature}, **bad)
+        with pytest.raises(contract.ContractError):
+            contract.ota_command("r1-a", "app", "1.2.0", args["url"], 1024, "ab" * 32, args["security_version"],
+                                 args["signature"])
     assert contract.ota_report("r1-a", "failed", "1.2.0", "x") == {"id": "r1-a", "state": "failed",
                                                                    "version": "1.2.0", "detail": "x"}
     with pytest.raises(contract.ContractError):
@@ -99,7 +106,7 @@ def test_ota_command_round_trip():
 
 
 @pytest.mark.parametrize("cmd,reason,cmd_id", [
-    ({"id": "c1", "cmd": "selfdestruct"}, "unknown command 'selfdestruct' (known: ota, reboot)", "c1"),
+    ({"id": "c1", "cmd": "selfdestruct"}, "unknown command 'selfdestruct' (known: ota, reboot, signing_key)", "c1"),
     ({"cmd": "reboot"}, "command id must be a string", None),
     (["reboot"], "must be a JSON object", None),
     ({"id": "x" * 65, "cmd": "reboot"}, "command id", None),

@@ -1,7 +1,9 @@
 """roles/ota_server: its real templates rendered as Ansible renders them and
 checked by the real nginx (`nginx -t` with the role's own check command on a
 staging tree, and a real nginx serving on free loopback ports), its
-manifest filter, and the device's own download code against that server.
+manifest filter (signed with a throw-away key: every signature verifies,
+any change to a signed field breaks it, the same images give the same
+manifest), and the device's own download code against that server.
 
 Needs Debian's `nginx` on the host (CI installs it; elsewhere the nginx tests
 are skipped with the reason)."""
@@ -19,7 +21,9 @@ import subprocess
 import time
 
 import debtool
+import otasign
 import pytest
+import testkeys
 import yaml
 from ansible.errors import AnsibleFilterError
 from rolerender import ROOT, load_file, render, role_vars, value
@@ -33,6 +37,12 @@ F = load_file(ROLE / "filter_plugins" / "ota_manifest.py")
 @pytest.fixture(scope="session")
 def nginx():
     return debtool.require("nginx")
+
+
+@pytest.fixture(scope="session")
+def signing(tmp_path_factory):
+    """A throw-away site signing key in a secrets directory, as roles/ota_signing makes it."""
+    return testkeys.site_key(tmp_path_factory.mktemp("secrets"))
 
 
 # --- a throw-away site CA and server certificate -------------------------------------
@@ -121,8 +131,8 @@ def test_default_candidate_passes_the_roles_check(nginx, pki, tmp_path):
 
 def test_default_listeners_tls_and_hardening(nginx, pki, tmp_path):
     d = directives(dump(nginx, stage(tmp_path, pki)))
-    # devices reach HTTPS on every interface; plain HTTP stays on loopback
-    assert "listen 127.0.0.1:8080 default_server;" in d
+    # devices download signed images over plain HTTP on every interface; HTTPS for operators, also everywhere
+    assert "listen 0.0.0.0:8080 default_server;" in d
     assert "listen 0.0.0.0:8443 ssl default_server;" in d
     assert sum(1 for line in d if line.startswith("listen ")) == 2
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in d
@@ -135,17 +145,17 @@ def test_default_listeners_tls_and_hardening(nginx, pki, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, present, absent", [
-    ({"ota_server_http_address": "0.0.0.0", "ota_server_http_port": 8081},
-     ["listen 0.0.0.0:8081 default_server;"], ["listen 127.0.0.1:8080 default_server;"]),
+    ({"ota_server_http_address": "127.0.0.1", "ota_server_http_port": 8081},
+     ["listen 127.0.0.1:8081 default_server;"], ["listen 0.0.0.0:8080 default_server;"]),
     ({"ota_server_https_address": "::", "ota_server_https_port": 9443},
      ["listen [::]:9443 ssl default_server;"], ["listen 0.0.0.0:8443 ssl default_server;"]),
     ({"ota_server_http_enabled": False},
-     ["listen 0.0.0.0:8443 ssl default_server;"], ["listen 127.0.0.1:8080 default_server;"]),
+     ["listen 0.0.0.0:8443 ssl default_server;"], ["listen 0.0.0.0:8080 default_server;"]),
     ({"ota_server_tls_enabled": False},
-     ["listen 127.0.0.1:8080 default_server;"],
+     ["listen 0.0.0.0:8080 default_server;"],
      ["listen 0.0.0.0:8443 ssl default_server;", "ssl_certificate edgefleet/ota-server.crt;"]),
     ({"ota_server_tls_version": "tlsv1.3"}, ["ssl_protocols TLSv1.3;"], ["ssl_protocols TLSv1.2 TLSv1.3;"]),
-], ids=["http-opened", "https-ipv6", "http-off", "tls-off", "tls13-only"])
+], ids=["http-loopback", "https-ipv6", "http-off", "tls-off", "tls13-only"])
 def test_listener_and_tls_variables(nginx, pki, tmp_path, overrides, present, absent):
     ctx = stage(tmp_path, pki, **overrides)
     run = role_check(ctx)
@@ -168,7 +178,7 @@ def test_listener_and_tls_variables(nginx, pki, tmp_path, overrides, present, ab
 def test_broken_candidate_is_refused_by_the_roles_check(nginx, pki, tmp_path, breakage, expect):
     overrides = {"ota_server_tls_ciphers": ["NO-SUCH-CIPHER"]} if breakage == "cipher" else {}
     if breakage == "listen-clash":  # both listeners on one address and port
-        overrides = {"ota_server_http_address": "0.0.0.0", "ota_server_http_port": 8443}
+        overrides = {"ota_server_http_port": 8443}
     ctx = stage(tmp_path, pki, **overrides)
     tls = tmp_path / "etc" / "nginx" / "edgefleet"
     if breakage == "key-mismatch":
@@ -216,9 +226,9 @@ IMAGES = {  # (payload, version, name): bytes
 
 
 class Server:
-    def __init__(self, nginx, root, pki, **overrides):
+    def __init__(self, nginx, root, pki, signing, **overrides):
         self.http_port, self.https_port = free_port(), free_port()
-        self.pki = pki
+        self.pki, self.signing = pki, signing
         self.ctx = stage(root, pki, ota_server_http_port=self.http_port, ota_server_https_port=self.https_port,
                          ota_server_url_host="127.0.0.1", **overrides)
         base_url = value(self.ctx, "ota_server_base_url")
@@ -237,7 +247,7 @@ class Server:
             shutil.copy(e["src"], e["dest"])
             data = pathlib.Path(e["dest"]).read_bytes()
             digests.append({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        manifest = F.edgefleet_ota_manifest(self.entries, digests, base_url, "test")
+        manifest = F.edgefleet_ota_manifest(self.entries, digests, base_url, "test", signing.path)
         (pathlib.Path(web_root) / "manifest.json").write_text(manifest)
         pathlib.Path(web_root, "app", "0.9.0", ".ansible_tmp_partial").write_bytes(b"half")
         self.proc = subprocess.Popen([nginx, "-c", value(self.ctx, "_ota_server_check_conf"),
@@ -287,25 +297,33 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(nginx, pki, tmp_path_factory):
-    s = Server(nginx, tmp_path_factory.mktemp("ota-server"), pki)
+def server(nginx, pki, signing, tmp_path_factory):
+    s = Server(nginx, tmp_path_factory.mktemp("ota-server"), pki, signing)
     yield s
     s.stop()
 
 
 def test_manifest_lists_what_the_server_serves(server):
+    """Over plain HTTP (devices) and HTTPS (operators), the same manifest:
+    plain http:// URLs on the HTTP listener, and a signature per image that
+    verifies with the site's public key over the bytes served."""
     for tls in (True, False):
         status, headers, body = server.request("GET", "/manifest.json", tls=tls)
         assert status == 200 and headers["content-type"] == "application/json"
         assert headers["cache-control"] == "no-cache"
         manifest = json.loads(body)
         assert manifest["manifest_version"] == 1 and len(manifest["images"]) == len(IMAGES)
+        assert manifest["signing_key"] == server.signing.public
         for image in manifest["images"]:
-            assert image["url"] == "https://127.0.0.1:%d%s" % (server.https_port, image["path"])
+            assert image["url"] == "http://127.0.0.1:%d%s" % (server.http_port, image["path"])
             status, _, data = server.request("GET", image["path"], tls=tls)
             assert status == 200
             assert len(data) == image["size"] and hashlib.sha256(data).hexdigest() == image["sha256"]
             assert data == IMAGES[(image["payload"], image["version"], image["name"])]
+            assert image["security_version"] == 0
+            assert otasign.verify_entry(otasign.current_public_key(str(pathlib.Path(server.signing.path).parent)),
+                                        image["payload"], image["version"], len(data),
+                                        hashlib.sha256(data).hexdigest(), 0, image["signature"])
 
 
 @pytest.mark.parametrize("path, ctype", [
@@ -359,8 +377,8 @@ def test_tls_versions(server):
     assert "ALERT" in str(e.value).upper()
 
 
-def test_tls13_only_refuses_tls12(nginx, pki, tmp_path):
-    s = Server(nginx, tmp_path, pki, ota_server_tls_version="tlsv1.3")
+def test_tls13_only_refuses_tls12(nginx, pki, signing, tmp_path):
+    s = Server(nginx, tmp_path, pki, signing, ota_server_tls_version="tlsv1.3")
     try:
         ctx = s.tls_context(maximum_version=ssl.TLSVersion.TLSv1_2)
         with pytest.raises(ssl.SSLError, match="(?i)alert"):
@@ -376,16 +394,16 @@ def test_tls13_only_refuses_tls12(nginx, pki, tmp_path):
 
 def test_the_devices_own_download_code_gets_each_image(server):
     """firmware/app's ota.download (httpget, HTTP/1.0, streaming, size and
-    sha256 checks), over the board's TLS (site CA, host name checked) and
-    over plain HTTP, with the OTA command the manifest gives."""
+    sha256 checks) over plain HTTP, with the OTA command the manifest gives:
+    a command the contract accepts (signed, http://), whose signature the
+    device's public key verifies."""
     import contract
     import netio
     import ota
 
-    ssl_ctx = server.tls_context()
-
     async def connect(host, port, tls, timeout_s=10):  # the simulator board's open_connection
-        return await netio.open_connection(host, port, ssl_ctx if tls else None, timeout_s)
+        assert not tls, "a device downloads over plain HTTP"
+        return await netio.open_connection(host, port, None, timeout_s)
 
     class Sink:
         def __init__(self):
@@ -397,18 +415,19 @@ def test_the_devices_own_download_code_gets_each_image(server):
     manifest = json.loads(server.request("GET", "/manifest.json")[2])
     for image in manifest["images"]:
         cmd = contract.ota_command("t-1", image["payload"], image["version"], image["url"], image["size"],
-                                   image["sha256"])
-        _, _, url, size, sha256, timeout_s = contract.check_ota_command(cmd)
-        plain_url = "http://127.0.0.1:%d%s" % (server.http_port, image["path"])
-        for u in (url, plain_url):
-            sink = Sink()
-            asyncio.run(ota.download(u, connect, size, sha256, sink, timeout_s))
-            assert bytes(sink.data) == IMAGES[(image["payload"], image["version"], image["name"])]
+                                   image["sha256"], image["security_version"], image["signature"])
+        payload, version, url, size, sha256, timeout_s = contract.check_ota_command(cmd)
+        security_version, signature = contract.ota_signed_fields(cmd)
+        assert otasign.verify(server.signing.public,
+                              contract.ota_signed_message(payload, version, size, sha256, security_version), signature)
+        sink = Sink()
+        asyncio.run(ota.download(url, connect, size, sha256, sink, timeout_s))
+        assert bytes(sink.data) == IMAGES[(image["payload"], image["version"], image["name"])]
 
 
 # --- the manifest filter --------------------------------------------------------------
 
-BASE = "https://ctl.example:8443"
+BASE = "http://ctl.example:8080"
 
 
 def test_entries_layout_and_default_name():
@@ -416,10 +435,11 @@ def test_entries_layout_and_default_name():
                                  {"src": "/x/fw.bin", "version": "1.24.1", "payload": "firmware",
                                   "name": "micropython.bin"}], BASE, "/var/www/edgefleet-ota/")
     assert e[0] == {"src": "/x/build/app-1.2.0.bundle", "payload": "app", "version": "1.2.0",
-                    "name": "app-1.2.0.bundle", "dir": "/var/www/edgefleet-ota/app/1.2.0",
+                    "name": "app-1.2.0.bundle", "security_version": 0, "dir": "/var/www/edgefleet-ota/app/1.2.0",
                     "dest": "/var/www/edgefleet-ota/app/1.2.0/app-1.2.0.bundle",
                     "path": "/app/1.2.0/app-1.2.0.bundle", "url": BASE + "/app/1.2.0/app-1.2.0.bundle"}
     assert e[1]["dest"] == "/var/www/edgefleet-ota/firmware/1.24.1/micropython.bin"
+    assert F.edgefleet_ota_entries([_img(security_version=7)], BASE, "/s")[0]["security_version"] == 7
     assert F.edgefleet_ota_entries([], BASE, "/srv/ota") == []
     assert F.edgefleet_ota_entries(None, BASE, "/srv/ota") == []
 
@@ -444,10 +464,15 @@ def _img(**kw):
     ([_img(), _img(src="/y/b.bin")], "already given by item 0"),
     ([_img(sha256="ab")], "unknown keys ['sha256']"),
     ([_img(name="n" * 128, version="v" * 32)], "longer than 512"),
+    ([_img(security_version=-1)], "item 0 (/x/a.bin): security_version must be an integer 0..2147483647"),
+    ([_img(security_version="1")], "security_version must be an integer"),
+    ([_img(security_version=1.0)], "security_version must be an integer"),
+    ([_img(security_version=True)], "security_version must be an integer"),
+    ([_img(security_version=2 ** 31)], "security_version must be an integer"),
 ])
 def test_entries_refuse_bad_images_naming_them(images, fragment):
     with pytest.raises(AnsibleFilterError) as e:
-        F.edgefleet_ota_entries(images, "https://" + "h" * 400 + ":8443" if "longer" in fragment else BASE,
+        F.edgefleet_ota_entries(images, "http://" + "h" * 400 + ":8080" if "longer" in fragment else BASE,
                                 "/srv/ota")
     assert fragment in str(e.value)
 
@@ -457,8 +482,8 @@ def test_same_version_of_two_payloads_is_fine():
     assert [x["path"] for x in e] == ["/app/1.0.0/a.bin", "/firmware/1.0.0/a.bin"]
 
 
-@pytest.mark.parametrize("base_url", ["ftp://h:21", "https://h:8443/ota", "https://[::1]:8443", "h:8443", "", None,
-                                      "https://h:8443/"])
+@pytest.mark.parametrize("base_url", ["ftp://h:21", "http://h:8080/ota", "http://[::1]:8080", "h:8080", "", None,
+                                      "http://h:8080/", "https://h:8443"])
 def test_entries_refuse_bad_base_urls(base_url):
     with pytest.raises(AnsibleFilterError, match="ota_server_base_url"):
         F.edgefleet_ota_entries([], base_url, "/srv/ota")
@@ -470,30 +495,65 @@ def test_entries_refuse_bad_web_roots(web_root):
         F.edgefleet_ota_entries([], BASE, web_root)
 
 
-def test_manifest_is_deterministic_and_each_image_is_an_ota_command():
+def _signed_manifest(signing, entries=None, digests=None):
+    entries = entries if entries is not None else F.edgefleet_ota_entries(
+        [_img(), _img(payload="firmware", version="1.24.1", name="mp.bin", security_version=5)], BASE, "/s")
+    digests = digests if digests is not None else [{"size": 10, "sha256": "a" * 64}, {"size": 20, "sha256": "b" * 64}]
+    return entries, digests, F.edgefleet_ota_manifest(entries, digests, BASE, "lab", signing.path)
+
+
+def test_manifest_is_deterministic_signed_and_each_image_is_an_ota_command(signing):
     import contract
 
-    entries = F.edgefleet_ota_entries([_img(), _img(payload="firmware", version="1.24.1", name="mp.bin")], BASE, "/s")
-    digests = [{"size": 10, "sha256": "a" * 64}, {"size": 20, "sha256": "b" * 64}]
-    text = F.edgefleet_ota_manifest(entries, digests, BASE, "lab")
-    assert text == F.edgefleet_ota_manifest(entries, [dict(d) for d in digests], BASE, "lab")
+    entries, digests, text = _signed_manifest(signing)
+    # the same images give the same bytes on a second run (RFC 6979): the role's copy changes nothing
+    assert text == F.edgefleet_ota_manifest(entries, [dict(d) for d in digests], BASE, "lab", signing.path)
     assert text.endswith("}\n")
     m = json.loads(text)
-    assert m == {"manifest_version": 1, "site": "lab", "base_url": BASE, "images": [
+    signatures = [i.pop("signature") for i in m["images"]]
+    assert m == {"manifest_version": 1, "site": "lab", "base_url": BASE, "signing_key": signing.public, "images": [
         {"payload": "app", "version": "1.0.0", "name": "a.bin", "path": "/app/1.0.0/a.bin",
-         "url": BASE + "/app/1.0.0/a.bin", "size": 10, "sha256": "a" * 64},
+         "url": BASE + "/app/1.0.0/a.bin", "size": 10, "sha256": "a" * 64, "security_version": 0},
         {"payload": "firmware", "version": "1.24.1", "name": "mp.bin", "path": "/firmware/1.24.1/mp.bin",
-         "url": BASE + "/firmware/1.24.1/mp.bin", "size": 20, "sha256": "b" * 64}]}
-    for image in m["images"]:
+         "url": BASE + "/firmware/1.24.1/mp.bin", "size": 20, "sha256": "b" * 64, "security_version": 5}]}
+    for image, signature in zip(m["images"], signatures):
+        assert otasign.verify_entry(signing.public, image["payload"], image["version"], image["size"],
+                                    image["sha256"], image["security_version"], signature)
         cmd = contract.ota_command("r1-" + image["version"], image["payload"], image["version"], image["url"],
-                                   image["size"], image["sha256"])
+                                   image["size"], image["sha256"], image["security_version"], signature)
         assert contract.check_ota_command(cmd)[:5] == (image["payload"], image["version"], image["url"],
                                                        image["size"], image["sha256"])
+        assert contract.ota_signed_fields(cmd) == (image["security_version"], signature)
 
 
-def test_empty_manifest_is_valid():
-    assert json.loads(F.edgefleet_ota_manifest([], [], BASE, "lab")) == {
-        "manifest_version": 1, "site": "lab", "base_url": BASE, "images": []}
+@pytest.mark.parametrize("field, value", [("payload", "firmware"), ("version", "1.0.1"), ("size", 11),
+                                          ("sha256", "c" * 64), ("security_version", 1)])
+def test_changing_any_signed_field_of_an_entry_breaks_its_signature(signing, field, value):
+    """An edited manifest (or an image swapped on the server) no longer verifies."""
+    image = json.loads(_signed_manifest(signing)[2])["images"][0]
+    fields = {k: image[k] for k in ("payload", "version", "size", "sha256", "security_version")}
+    assert otasign.verify_entry(signing.public, signature=image["signature"], **fields)
+    fields[field] = value
+    assert not otasign.verify_entry(signing.public, signature=image["signature"], **fields)
+
+
+def test_the_signature_changes_with_the_bytes_and_the_key(signing):
+    entries, digests, text = _signed_manifest(signing)
+    changed = F.edgefleet_ota_manifest(entries, [dict(digests[0], sha256="d" * 64), digests[1]], BASE, "lab",
+                                       signing.path)
+    first, second = json.loads(text)["images"], json.loads(changed)["images"]
+    assert first[0]["signature"] != second[0]["signature"] and first[1]["signature"] == second[1]["signature"]
+    other = testkeys.site_key(pathlib.Path(signing.path).parent.parent / "other")
+    by_other = json.loads(F.edgefleet_ota_manifest(entries, digests, BASE, "lab", other.path))
+    assert by_other["signing_key"] == other.public
+    image = by_other["images"][0]
+    assert not otasign.verify_entry(signing.public, image["payload"], image["version"], image["size"],
+                                    image["sha256"], image["security_version"], image["signature"])
+
+
+def test_empty_manifest_is_valid(signing):
+    assert json.loads(F.edgefleet_ota_manifest([], [], BASE, "lab", signing.path)) == {
+        "manifest_version": 1, "site": "lab", "base_url": BASE, "images": [], "signing_key": signing.public}
 
 
 @pytest.mark.parametrize("digest, fragment", [
@@ -502,12 +562,24 @@ def test_empty_manifest_is_valid():
     ({"size": 5, "sha256": "A" * 64}, "no sha256"),
     ({"size": 5, "sha256": None}, "no sha256"),
 ])
-def test_manifest_refuses_empty_or_undigested_images(digest, fragment):
+def test_manifest_refuses_empty_or_undigested_images(signing, digest, fragment):
     entries = F.edgefleet_ota_entries([_img()], BASE, "/s")
     with pytest.raises(AnsibleFilterError, match=fragment):
-        F.edgefleet_ota_manifest(entries, [digest], BASE, "lab")
+        F.edgefleet_ota_manifest(entries, [digest], BASE, "lab", signing.path)
     with pytest.raises(AnsibleFilterError, match="1 entries but 0 digests"):
-        F.edgefleet_ota_manifest(entries, [], BASE, "lab")
+        F.edgefleet_ota_manifest(entries, [], BASE, "lab", signing.path)
+
+
+def test_manifest_without_a_usable_signing_key_names_it(tmp_path):
+    entries = F.edgefleet_ota_entries([_img()], BASE, "/s")
+    digests = [{"size": 1, "sha256": "a" * 64}]
+    with pytest.raises(AnsibleFilterError, match="no signing key .*ota_server_signing_key_src"):
+        F.edgefleet_ota_manifest(entries, digests, BASE, "lab", "")
+    with pytest.raises(AnsibleFilterError, match="cannot read the OTA signing key .*missing.key"):
+        F.edgefleet_ota_manifest(entries, digests, BASE, "lab", str(tmp_path / "missing.key"))
+    (tmp_path / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(AnsibleFilterError, match="cert.pem is not a PEM private key"):
+        F.edgefleet_ota_manifest(entries, digests, BASE, "lab", str(tmp_path / "cert.pem"))
 
 
 # --- the role's wiring ------------------------------------------------------------------
@@ -516,10 +588,13 @@ def _yaml(*parts):
     return yaml.safe_load((ROLE.joinpath(*parts)).read_text())
 
 
-def test_depends_on_site_ca_only_with_tls():
+def test_depends_on_site_ca_only_with_tls_and_always_on_the_signing_key():
     deps = _yaml("meta", "main.yml")["dependencies"]
     assert deps[0] == {"role": "edgefleet_base"}
     assert deps[1] == {"role": "site_ca", "tags": ["site_ca", "tls"], "when": "ota_server_tls_enabled | bool"}
+    assert deps[2] == {"role": "ota_signing", "tags": ["ota_signing"]}
+    ctx = role_vars("ota_server", {"edgefleet_site": "test", "ota_signing_key_path": "/s/signing/current.key"})
+    assert value(ctx, "ota_server_signing_key_src") == "/s/signing/current.key"
 
 
 def test_apply_files_modes_and_what_a_change_needs():
@@ -543,11 +618,14 @@ def test_images_first_then_the_manifest_then_pruning():
     assert copy < after < manifest < prune
     manifest_task = _yaml("tasks", "images.yml")[manifest]
     assert "_ota_server_after.results" in manifest_task["vars"]["_ota_server_digests"]  # bytes on the server
+    assert "ota_server_signing_key_src" in manifest_task["ansible.builtin.copy"]["content"]  # signed by the filter
 
 
-def test_default_base_url_follows_the_listeners():
-    ctx = role_vars("ota_server", {"edgefleet_site": "test"})
-    assert value(ctx, "ota_server_base_url") == "https://test-controller:8443"
-    ctx = role_vars("ota_server", {"edgefleet_site": "test", "ota_server_tls_enabled": False,
-                                   "ota_server_url_host": "10.1.2.3"})
-    assert value(ctx, "ota_server_base_url") == "http://10.1.2.3:8080"
+def test_default_base_url_is_plain_http_whatever_tls_does():
+    """Devices download over plain HTTP only (the contract refuses https://)."""
+    for tls in (True, False):
+        ctx = role_vars("ota_server", {"edgefleet_site": "test", "ota_server_tls_enabled": tls})
+        assert value(ctx, "ota_server_base_url") == "http://test-controller:8080"
+    ctx = role_vars("ota_server", {"edgefleet_site": "test", "ota_server_url_host": "10.1.2.3",
+                                   "ota_server_http_port": 80})
+    assert value(ctx, "ota_server_base_url") == "http://10.1.2.3:80"

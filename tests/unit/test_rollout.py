@@ -10,14 +10,18 @@ import os
 import stat
 
 import contract
+import otasign
 import pytest
 import rollout
+import testkeys
 from rollout import (COMMANDED, CONFIRMED, FAILED, OFFLINE, PENDING, ROLLED_BACK, SKIPPED, SUCCEEDED, TIMED_OUT,
                      AbortPolicy, DeviceTracker, RolloutError, RolloutState)
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
-IMAGE = {"version": "1.2.0", "payload": "app", "url": "https://ctl/fw/app-1.2.0.bin", "size": 1024, "sha256": SHA}
+KEY = testkeys.new_key()
+IMAGE = KEY.sign({"version": "1.2.0", "payload": "app", "url": "http://ctl:8080/app/1.2.0/app-1.2.0.bin",
+                  "size": 1024, "sha256": SHA})
 CID = rollout.command_id("r1", SHA)
 DEVICES = ["psu-%08d" % i for i in range(101)]
 
@@ -610,12 +614,57 @@ def test_skipped_summaries_abort_and_finish(tmp_path):
 
 def test_bad_images_and_plans(tmp_path):
     path = str(tmp_path / "r1.json")
-    with pytest.raises(RolloutError, match="image: ota size must be a positive integer, got 0"):
+    with pytest.raises(RolloutError, match="image app 1.2.0: ota size must be a positive integer, got 0"):
         RolloutState.open(path, "r1", dict(IMAGE, size=0), never, 1.0)
-    with pytest.raises(RolloutError, match="sha256: 'abc'"):
+    with pytest.raises(RolloutError, match="image app 1.2.0: sha256: 'abc'"):
         RolloutState.open(path, "r1", dict(IMAGE, sha256="abc"), never, 1.0)
     with pytest.raises(RolloutError, match="plan: device 'a' is in waves 0 and 1"):
         RolloutState.open(path, "r1", IMAGE, lambda: [["a"], ["b", "a"]], 1.0)
     state = RolloutState.open(path, "r1", IMAGE, lambda: [["a"]], 1.0)
     with pytest.raises(RolloutError, match="device 'b' is not in rollout r1"):
         state.tracker("b", 30, 60)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"signature": None}, "image app 1.2.0 has no signature: the site signing key's signature"),
+    ({"security_version": None}, "image app 1.2.0 has no security_version"),
+    ({"signature": "AB" * 64}, "image app 1.2.0: signature must be 128 lower-case hex digits"),
+    ({"signature": "ab" * 32}, "image app 1.2.0: signature must be 128 lower-case hex digits"),
+    ({"security_version": -1}, "image app 1.2.0: security_version must be an integer 0..2147483647"),
+    ({"security_version": "1"}, "image app 1.2.0: security_version must be an integer"),
+    ({"url": "https://ctl:8443/app/1.2.0/app-1.2.0.bin"}, "image app 1.2.0: ota url must be http://"),
+    ({"version": "1.2 beta"}, "image app 1.2 beta: ota version must be"),
+], ids=["unsigned", "no-security-version", "upper-case", "short", "negative", "string", "https", "version"])
+def test_images_are_checked_up_front_naming_the_image(tmp_path, change, fragment):
+    image = dict(IMAGE, **change)
+    if change.get("signature", 1) is None or change.get("security_version", 1) is None:
+        image = {k: v for k, v in image.items() if v is not None}
+    with pytest.raises(RolloutError) as err:
+        rollout.check_image(image, "r1")
+    assert fragment in str(err.value)
+    with pytest.raises(RolloutError):
+        RolloutState.open(str(tmp_path / "r1.json"), "r1", image, never, 1.0)
+    assert not (tmp_path / "r1.json").exists()
+
+
+def test_a_checked_image_is_a_signed_ota_command():
+    image = rollout.check_image(dict(IMAGE, sha256=SHA.upper()), "r1")
+    assert image["sha256"] == SHA
+    cmd = contract.ota_command(rollout.command_id("r1", SHA), image["payload"], image["version"], image["url"],
+                               image["size"], image["sha256"], image["security_version"], image["signature"])
+    assert contract.ota_signed_fields(cmd) == (0, IMAGE["signature"])
+    assert otasign.verify_entry(KEY.public, "app", "1.2.0", 1024, SHA, 0, cmd["signature"])
+
+
+def test_a_resume_with_another_security_version_is_refused(tmp_path):
+    """The devices of earlier waves were commanded with one security_version:
+    a later wave must not get another for the same image."""
+    state, _ = new_state(tmp_path)
+    state.save()
+    raised = KEY.sign(dict(IMAGE), security_version=2)
+    with pytest.raises(RolloutError) as err:
+        RolloutState.open(state.path, "r1", raised, never, 2000.0)
+    assert "security_version 0, not 2" in str(err.value) and "new rollout_id" in str(err.value)
+    # re-signed with the same fields (say by a new key after a rotation): the same rollout resumes
+    other = testkeys.new_key().sign(dict(IMAGE))
+    assert RolloutState.open(state.path, "r1", other, never, 2000.0).resumed

@@ -10,6 +10,7 @@ import urllib.request
 
 import contract
 import identity
+import testkeys
 from broker import free_port
 from mqttc import Client as Paho
 from unixdev import UnixDevice, app_bundle
@@ -21,6 +22,7 @@ SITE = "heap"
 USERS = {DEVICE_ID: "dev-pw", "controller": "ctl-pw", "telegraf": "tg-pw"}
 BUNDLE_SIZE = 64 * 1024
 NEW = "0.9.1"
+KEY = testkeys.new_key()  # the cycle's OTA signing key (throw-away)
 
 
 def bundle_64k():
@@ -42,7 +44,7 @@ def run_cycle(broker_port, www, workdir, heap, timeout=40.0, binary=None):
     tg = Paho(broker_port, user="telegraf", password=USERS["telegraf"]).connect_ok()
     assert tg.subscribe(topic("state"), 1) == [1]
     port = free_port()
-    device = {"id": DEVICE_ID, "kind": "psu", "site": SITE, "password": USERS[DEVICE_ID],
+    device = {"id": DEVICE_ID, "kind": "psu", "site": SITE, "password": USERS[DEVICE_ID], "signing_key": KEY.public,
               "broker": {"host": "127.0.0.1", "port": broker_port}, "reconnect_spread_s": 1,
               "config": {"publish_interval_s": 1, "pzem_addresses": [1, 2, 3], "temperature_zones": 2,
                          "ntp_server": "127.0.0.1:9"}}
@@ -70,7 +72,9 @@ def run_cycle(broker_port, www, workdir, heap, timeout=40.0, binary=None):
         step = "ota"
         artifact = www.publish("heap-app.bin", bundle_64k())
         assert artifact["size"] == BUNDLE_SIZE, artifact["size"]
-        ctl.publish(topic("cmd"), json.dumps(contract.ota_command("heap-1", "app", NEW, **artifact)))
+        ctl.publish(topic("cmd"), json.dumps(contract.ota_command(
+            "heap-1", "app", NEW, artifact["url"], artifact["size"], artifact["sha256"], 0,
+            KEY.signature("app", NEW, artifact["size"], artifact["sha256"]))))
         wait_until(lambda: any(r["state"] in contract.OTA_FINAL_STATES for r in payloads("ota")), timeout, step)
         states = [r["state"] for r in payloads("ota")]
         if states != ["downloading", "verifying", "rebooting", "confirmed"]:

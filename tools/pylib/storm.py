@@ -19,12 +19,14 @@ import multiprocessing
 import queue
 import time
 
+import testkeys
 from firmware.sim import fleet
 from rolebroker import RoleBroker
 
 SITE = "storm"
 PROBE_TOPIC = f"site/{SITE}/probe/probe-00000000/cfg"  # the controller may write and read any cfg topic
 CONTROLLER_PASSWORD = "ctl-storm"
+KEY = testkeys.new_key()  # the devices' OTA signing public key (throw-away)
 
 
 def probe_main(port, stop, out, interval=0.1, timeout=5.0):
@@ -112,7 +114,8 @@ async def run_storm(broker, specs, workdir, settings=None, settle_timeout=180, b
         root = fleet.provision(str(workdir / "sim"), device_id, kind, mac, SITE,
                                {"host": "127.0.0.1", "port": broker.port}, broker.users[device_id],
                                initial_config=fleet.kind_config(kind, mac),
-                               settings=dict({"watchdog_s": 0}, **(settings or {})))
+                               settings=dict({"watchdog_s": 0}, **(settings or {})),
+                               signing_key=KEY.public)
         devices.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind))
     probe = None
     try:

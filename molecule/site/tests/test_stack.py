@@ -82,7 +82,7 @@ def site_ca_context(secrets_dir):
 
 
 def local(url, scheme, port):
-    """The manifest's URL (https://<controller>:8443/...) through the port published on 127.0.0.1."""
+    """The manifest's URL (http://<controller>:8080/...) through the port published on 127.0.0.1."""
     path = urllib.parse.urlsplit(url).path
     return f"{scheme}://{'localhost' if scheme == 'https' else '127.0.0.1'}:{port}{path}"
 
@@ -94,13 +94,20 @@ def manifest(secrets_dir):
     return json.loads(body)
 
 
-def test_manifest_names_the_image(manifest):
+def test_manifest_names_the_image_signed_by_the_site_key(manifest, secrets_dir):
+    import otasign
+
     assert manifest["manifest_version"] == 1 and manifest["site"] == SITE
     [image] = manifest["images"]
     source = (ephemeral() / "ota" / "app-1.2.0.bin").read_bytes()
     assert (image["payload"], image["version"], image["name"]) == ("app", "1.2.0", "app-1.2.0.bin")
     assert image["size"] == len(source) and image["sha256"] == hashlib.sha256(source).hexdigest()
     assert image["url"] == f'{manifest["base_url"]}/app/1.2.0/app-1.2.0.bin'
+    assert manifest["base_url"].startswith("http://")  # devices download over plain HTTP
+    public = otasign.current_public_key(str(secrets_dir / "signing"))
+    assert manifest["signing_key"] == public
+    assert otasign.verify_entry(public, "app", "1.2.0", len(source), hashlib.sha256(source).hexdigest(),
+                                image["security_version"], image["signature"])
 
 
 @pytest.mark.parametrize("scheme", ["https", "http"])

@@ -66,6 +66,15 @@ def test_new_boards_go_from_plugged_in_to_queryable(station, password, prometheu
     devices = plugrun.registered(inv, KIND)
     assert sorted(devices.values()) == MACS
     ids = sorted(devices)
+    # every board holds the site's OTA signing public key (and nothing of the private one)
+    sys.path.insert(0, str(plugrun.ROOT))
+    import firmware.image as build
+
+    public = (ephemeral() / "secrets" / "signing" / "current.pub").read_text().strip()
+    vfs = build.partition("vfs")
+    for p in peers:
+        doc = json.loads(build.read_littlefs(bytes(p.flash[vfs[3]:vfs[3] + vfs[4]]))["device.json"])
+        assert doc["signing_key"] == public and b"PRIVATE KEY" not in bytes(p.flash)
     for device in ids:
         assert (ephemeral() / "secrets" / "mqtt" / device).is_file(), f"no password generated for {device}"
         assert f"{device} (MAC {devices[device]}" in out
@@ -108,7 +117,7 @@ import hashlib, json, sys
 import firmware.image as b
 base = bytes([0xE9]) + b"B" * (0x7000 - 1) + b"\\xff" * 0x8000 + bytes([0xE9]) + b"A" * (0x1000 - 1)
 device = {"id": "env-d95xp3hw", "kind": "env", "site": "molecule", "password": "pw",
-          "broker": {"host": "10.0.0.2", "port": 8883, "tls": True, "ca": "ca.crt"}}
+          "broker": {"host": "10.0.0.2", "port": 8883, "tls": True, "ca": "ca.crt"}, "signing_key": "04" + "5a" * 64}
 regions, files = b.build_regions(base, device, b"CA", {"ssid": "plant", "password": "wifi"}, "1.0.0")
 print(hashlib.sha256(b.flat_image(regions)).hexdigest())
 """
