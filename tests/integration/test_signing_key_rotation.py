@@ -1,7 +1,7 @@
 """Rotating the site's OTA signing key end to end: the real ansible-playbook
 (playbooks/signing_key.yml) against a real Mosquitto with the mosquitto
-role's ACL. The devices are stand-ins (the firmware's own handling of the
-signing_key command is being written separately): MQTT sessions with each
+role's ACL. The devices are stand-ins in most tests (the last one runs the
+firmware's own code): MQTT sessions with each
 device's own credentials that publish a retained online status and answer
 each signing_key command on cmd/ack as the contract says a device will,
 checking the signature with the key they hold (otasign.verify_handover
@@ -161,3 +161,55 @@ def test_with_limit_the_devices_are_handed_over_but_the_key_is_not_promoted(rota
     assert finish.returncode == 0, finish
     assert len(devices[0].commands) == 1 and all(d.holds == devices[0].holds for d in devices)
     assert otasign.current_public_key(str(rotation_site.signing)) == devices[0].holds
+
+
+def test_the_firmware_takes_the_new_key_from_the_playbook(broker, tmp_path):
+    """The same rotation against simulated devices that run the firmware's
+    own code (otasig): each stores the new key, and an update signed by the
+    old key is then refused by the device's own check, one signed by the
+    new key accepted."""
+    from simsite import online, run_for, watcher
+
+    site = make_site(broker, tmp_path, devices=SPECS)
+    inv = write_inventory(tmp_path / "inv", site.broker, SPECS)
+    sims = site(SPECS)
+    old = site.key
+    watch = watcher(site.broker, "controller", f"site/{SITE}/+/+/status")
+    holder = {}
+
+    async def scenario():
+        for device_id in IDS:
+            await online(watch, device_id, timeout=20)
+        holder["play"] = await run_playbook("signing_key.yml", inv, "-e", "signing_key_timeout=20",
+                                            "-e", "signing_key_rotate=true")
+
+    asyncio.run(run_for(sims, 0, during=scenario))
+    watch.close()
+    play = holder["play"]
+    assert play.returncode == 0, play
+    new = otasign.current_public_key(str(tmp_path / "secrets" / "signing"))
+    assert new != old.public
+    assert play.task("Hand every device over")["summary"] == {"accepted": 3}
+    import otasig
+
+    image = {"payload": "app", "version": "1.0.0", "size": 10, "sha256": "a" * 64, "url": "http://ctl:8080/a.bin",
+             "id": "o-1", "cmd": "ota"}
+    new_key, _ = otasign.load_pair(str(tmp_path / "secrets" / "signing"), "current")
+    for sim in sims:
+        fs = sim.board.fs
+        with fs.open("signing.json", "r") as f:
+            assert json.loads(f.read())["key"] == new
+
+        class Holder:  # what otasig reads of a device: its filesystem and device.json
+            pass
+
+        d = Holder()
+        d.fs = fs
+        with fs.open("device.json", "r") as f:
+            d.settings = json.loads(f.read())
+        assert d.settings["signing_key"] == old.public  # flash-time key, superseded by signing.json
+        with pytest.raises(otasig.SignatureError, match="does not verify"):
+            otasig.check_update(d, old.sign(image))
+        signed_new = dict(image, security_version=0,
+                          signature=otasign.sign_entry(new_key, "app", "1.0.0", 10, "a" * 64, 0))
+        assert otasig.check_update(d, signed_new) == 0
