@@ -29,7 +29,10 @@ from mqttc import Client
 from promqueries import dashboard_files, dashboard_queries, expand, load_dashboard, metric_names, template_variables
 
 testinfra_hosts = ["ansible://controller"]
-OTA_DEVICE = "fan-edez6pps"  # not in the simulated fleet; reports an OTA result once, as a real device would
+# not in the simulated fleet; reports an OTA result once, and a status with
+# the heap figures only an ESP32 can read (the simulated boards report none),
+# as a real device would
+OTA_DEVICE = "fan-edez6pps"
 BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
 # Series that exist only after the first fault, each with why.
 ABSENT_WHILE_HEALTHY = {
@@ -46,6 +49,9 @@ def live(fleet, prometheus, password):
         for state in ("downloading", "verifying", "rebooting", "confirmed"):
             device.publish(f"site/{SITE}/fan/{OTA_DEVICE}/ota",
                            json.dumps({"id": "query-test", "state": state, "version": "1.2.0", "detail": ""}), qos=1)
+        device.publish(f"site/{SITE}/fan/{OTA_DEVICE}/status",
+                       json.dumps({"online": True, "fw": "1.2.0", "cfg_version": 1, "free_heap": 61234,
+                                   "heap_largest_free": 30016, "idf_largest_free": 27120}), qos=1, retain=True)
     finally:
         device.close()
     n = len(FLEET)
@@ -61,6 +67,8 @@ def live(fleet, prometheus, password):
     prometheus.wait(f'count(rate(edgefleet_telemetry_published_total{{device_id=~"{fleet_ids}"}}[1m]) > 0)',
                     every_device, timeout=120, what="device counters rising")
     prometheus.wait(f'edgefleet_ota_failed{{device_id="{OTA_DEVICE}"}}', timeout=60, what="the OTA result")
+    prometheus.wait(f'edgefleet_device_idf_largest_free_block_bytes{{device_id="{OTA_DEVICE}"}}', timeout=60,
+                    what="the heap figures of a status")
     return prometheus
 
 
