@@ -13,6 +13,7 @@ Files on the device's filesystem (the board's ``fs``):
 
 import asyncio
 import json
+import sys
 
 import backoff
 import bootsel
@@ -24,7 +25,6 @@ import metrics
 import mqtt
 import ota
 import pzem
-import sntp
 import supervisor
 import telemetry
 from buffer import OfflineBuffer
@@ -32,6 +32,11 @@ from buffer import OfflineBuffer
 FW_VERSION = "0.2.0"
 INBOX_LIMIT = 8  # commands and configs waiting to be handled; more ends the session unacknowledged
 SENSOR_READ_DEADLINE_S = 30  # a sensor read that takes longer means a wedged bus: stop feeding the watchdog
+# Modules imported only for a rare job and released after it (release_modules:
+# on MicroPython their code then leaves the heap): sntp for a time query,
+# metricstext for a scrape.
+RARE = ("sntp", "metricstext")
+MICROPYTHON = sys.implementation.name == "micropython"
 
 
 def load_json(fs, path, default=None):
@@ -103,6 +108,17 @@ class Device:
         self.metrics_server = None
 
     # --- helpers -----------------------------------------------------------
+    @staticmethod
+    def release_modules(*names):
+        """Forget modules imported for a rare job, so that the collector can
+        take their code back: MicroPython keeps an .mpy module's bytecode in
+        the heap (a frozen one's stays in flash, but its globals do not).
+        The next job imports them again. Only on MicroPython: under CPython
+        the simulator's devices share one process (and tests patch modules)."""
+        if MICROPYTHON:
+            for name in names:
+                sys.modules.pop(name, None)
+
     def topic(self, channel):
         return self.base + channel
 
@@ -412,12 +428,21 @@ class Device:
                 self.published += 1
 
     # --- time and watchdog --------------------------------------------------------
+    async def set_time(self, server):
+        """One query (sntp is imported for it and released after)."""
+        try:
+            import sntp
+
+            self.board.set_time(await sntp.query(server))
+        finally:
+            self.release_modules("sntp")
+
     async def time_loop(self):
         """Set the clock from the site's NTP server (the controller by default)."""
         while True:
             server = self.config["ntp_server"] or self.settings["broker"]["host"]
             try:
-                self.board.set_time(await sntp.query(server))
+                await self.set_time(server)
                 wait = 3600
             except Exception as e:  # SntpError, OSError: keep going on the clock we have
                 self.board.log("time: %s" % e)
@@ -445,34 +470,14 @@ class Device:
 
     # --- /metrics -----------------------------------------------------------------
     def metrics_lines(self):
-        info = (("device_id", self.id), ("kind", self.kind), ("fw", self.fw))
-        last = self.last or {}
-        elec = last.get("electrical", {})
-        zones = last.get("thermal", {}).get("temperature_zones", [])
-        return metrics.render_lines([
-            ("edgefleet_device_info", "gauge", "Device identity.", [(info, 1)]),
-            ("edgefleet_uptime_seconds", "gauge", "Seconds since boot.", [((), self.board.uptime_s())]),
-            ("edgefleet_wifi_rssi_dbm", "gauge", "Wi-Fi signal.", [((), self.board.wifi_rssi())]),
-            ("edgefleet_free_heap_bytes", "gauge", "Free heap.", [((), self.board.free_heap())]),
-            ("edgefleet_mqtt_connected", "gauge", "1 while the MQTT session is up.", [((), self.online())]),
-            ("edgefleet_mqtt_connects_total", "counter", "MQTT sessions opened.", [((), self.connects)]),
-            ("edgefleet_telemetry_published_total", "counter", "Telemetry messages acknowledged by the broker.",
-             [((), self.published)]),
-            ("edgefleet_buffer_messages", "gauge", "Telemetry messages waiting in flash.", [((), len(self.buffer))]),
-            ("edgefleet_buffer_dropped_total", "counter", "Buffered messages dropped when the buffer was full.",
-             [((), self.buffer.dropped)]),
-            ("edgefleet_config_version", "gauge", "Applied config version.", [((), self.config["version"])]),
-            ("edgefleet_sensor_errors_total", "counter", "Failed sensor reads.", [((), self.sensor_errors)]),
-            ("edgefleet_time_synced", "gauge", "1 once the clock was set from NTP.", [((), self.board.time_synced())]),
-            ("edgefleet_voltage_volts", "gauge", "Mean phase voltage of the last interval.",
-             [((("phase", p),), v) for p, v in sorted(elec.get("voltage", {}).items())]),
-            ("edgefleet_current_amperes", "gauge", "Mean phase current of the last interval.",
-             [((("phase", p),), v) for p, v in sorted(elec.get("current", {}).items())]),
-            ("edgefleet_power_factor", "gauge", "Mean power factor of the last interval.",
-             [((), elec.get("power_factor"))]),
-            ("edgefleet_temperature_celsius", "gauge", "Mean zone temperature of the last interval.",
-             [((("zone", str(i)),), t) for i, t in enumerate(zones)]),
-        ])
+        """The lines of /metrics, rendered by metricstext (imported for the
+        scrape and released after)."""
+        try:
+            import metricstext
+
+            return metricstext.device_lines(self)
+        finally:
+            self.release_modules("metricstext")
 
     async def start_metrics(self):
         address = self.board.metrics_address(self.config["metrics_port"])
