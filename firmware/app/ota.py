@@ -12,6 +12,9 @@ back. Every step is reported on ``ota`` with the command id.
 
 Bundle format: one JSON line (the manifest: version and, per file, name,
 size, sha256), then the files' bytes in manifest order.
+
+The device imports this module for an update only (``Device.control``) and
+keeps the one download buffer itself.
 """
 
 import hashlib
@@ -19,18 +22,21 @@ import json
 
 import bootsel
 import contract
-import httpget
 
 CHUNK = 2048
 INCOMING = "ota_incoming.bin"
 _buffer = []
 
 
-def reserve_buffer():
+def reserve_buffer(buf=None):
     """The one buffer every download and unpack uses, taken at boot while
     the heap is still in one piece: later, a fragmented heap may have the
-    bytes free but not in one block (seen under the unix port's -X heapsize)."""
-    if not _buffer:
+    bytes free but not in one block (seen under the unix port's -X heapsize).
+    The device keeps it (this module is loaded only for an update) and hands
+    it back as *buf*."""
+    if buf is not None:
+        _buffer[:] = [buf]
+    elif not _buffer:
         _buffer.append(memoryview(bytearray(CHUNK)))
     return _buffer[0]
 
@@ -54,6 +60,8 @@ def pack_bundle(version, files):
 
 async def download(url, connect, size, sha256, sink, timeout_s=30):
     """Stream *url* into sink.write(); check size and sha256."""
+    import httpget
+
     response = await httpget.get(url, connect, timeout_s)
     h = hashlib.sha256()
     got = 0
@@ -198,6 +206,7 @@ async def run(device, cmd):
     async def report(state, detail=None):
         await device.publish_json("ota", contract.ota_report(cmd_id, state, version, detail))
 
+    reserve_buffer(device.ota_buffer)
     device.board.collect_garbage()  # start the update with the garbage gone
     try:
         await _install(device, cmd, report)
