@@ -14,14 +14,16 @@ Bundle format: one JSON line (the manifest: version and, per file, name,
 size, sha256), then the files' bytes in manifest order.
 
 The device imports this module for an update only (``Device.control``) and
-keeps the one download buffer itself.
+keeps the one download buffer itself. During an update, the contract (and
+httpget after the download) are released as soon as they are done with, so
+that the download and the unpacking have the heap they need.
 """
 
 import hashlib
+import io
 import json
 
 import bootsel
-import contract
 
 CHUNK = 2048
 INCOMING = "ota_incoming.bin"
@@ -98,6 +100,28 @@ class FileSink:
         self.f.close()
 
 
+class _Line(io.IOBase):
+    """A file's next line as a stream of its own, for ``json.load``:
+    MicroPython's reads it a byte at a time, so a bundle's manifest (over
+    2 KB for the app) needs no block of its length from a heap that is
+    fragmented by the time the download is done."""
+
+    def __init__(self, f):
+        self.f = f
+        self.done = False
+
+    def readinto(self, buf):  # MicroPython's json.load reads through this
+        if self.done:
+            return 0
+        n = self.f.readinto(memoryview(buf)[:1])
+        if not n or buf[0] == 10:
+            self.done = True
+        return n
+
+    def read(self, size=-1):  # CPython's json.load reads it whole
+        return self.f.readline()
+
+
 def _rmtree(fs, path):
     if not fs.exists(path):
         return
@@ -112,13 +136,13 @@ def unpack_bundle(fs, path, slot):
     if not fs.exists(target):
         fs.mkdir(target)
     with fs.open(path, "rb") as f:
-        line = f.readline()
         try:
-            manifest = json.loads(line)
+            manifest = json.load(_Line(f))
             entries = manifest["files"]
             version = manifest["version"]
         except (ValueError, KeyError, TypeError):
             raise OtaError("bundle manifest is not valid")
+        manifest = None  # only the entries are kept while the files are copied
         buf = reserve_buffer()
         for entry in entries:
             name = entry["name"]
@@ -139,8 +163,9 @@ def unpack_bundle(fs, path, slot):
             if left or digest != entry["sha256"]:
                 raise OtaError("bundle file %s is damaged (sha256 %s)" % (name, digest))
     # the manifest is written last: a slot without one is incomplete
+    # (streamed: json.dumps would need one block of its whole length, over 2 KB for the app)
     with fs.open(target + "/manifest.json", "w") as out:
-        out.write(json.dumps({"version": version, "files": entries}))
+        json.dump({"version": version, "files": entries}, out)
     return version
 
 
@@ -164,7 +189,11 @@ def discard_incoming(fs):
 async def _install(device, cmd, report):
     """Download, verify and commit; returns once the next boot runs the update."""
     board, fs = device.board, device.fs
+    import contract
+
     payload, version, url, size, sha256, timeout_s = contract.check_ota_command(cmd)
+    del contract
+    device.release_modules("contract")  # not needed again before the reset: its code leaves the heap to the update
     await report("downloading")
     if payload == "app":
         slot = bootsel.other(bootsel.load(fs)["active"])
@@ -173,6 +202,7 @@ async def _install(device, cmd, report):
             await download(url, board.open_connection, size, sha256, sink, timeout_s)
         finally:
             sink.close()
+        device.release_modules("httpget")
         await report("verifying")
         board.collect_garbage()
         unpack_bundle(fs, INCOMING, slot)
@@ -200,11 +230,16 @@ async def run(device, cmd):
     """Carry out an ota command, reporting each step on ``ota``. A failure
     is reported as ``failed`` with its reason (running out of memory
     included) and changes nothing; once the update is committed the board
-    always resets, even when the report cannot be sent."""
-    cmd_id, version = contract.command_id_of(cmd), cmd.get("version")
+    always resets, even when the report cannot be sent. The caller keeps
+    no reference to the contract: _install releases it before the download."""
+    import contract
+
+    # every report has the contract's shape (ota_report); only its state and detail change
+    shape = contract.ota_report(contract.command_id_of(cmd), "downloading", cmd.get("version"))
+    del contract
 
     async def report(state, detail=None):
-        await device.publish_json("ota", contract.ota_report(cmd_id, state, version, detail))
+        await device.publish_json("ota", dict(shape, state=state, detail=detail))
 
     reserve_buffer(device.ota_buffer)
     device.board.collect_garbage()  # start the update with the garbage gone
