@@ -63,14 +63,14 @@ class Server:
             else:
                 lines = ["not found"]
                 head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n"
-            piece = head
-            for line in lines:  # pieces of about 512 bytes, each drained before the next
-                piece += line + "\n"
-                if len(piece) >= 512:
-                    writer.write(piece.encode())
-                    piece = ""
+            writer.write(head.encode())
+            pending = 0
+            for line in lines:  # line by line (no block larger than a line), drained every 512 bytes or so
+                writer.write((line + "\n").encode())
+                pending += len(line) + 1
+                if pending >= 512:
+                    pending = 0
                     await asyncio.wait_for(writer.drain(), self.timeout_s)
-            writer.write(piece.encode())
             await asyncio.wait_for(writer.drain(), self.timeout_s)
             self.served += 1
             await netio.close(writer, self.timeout_s)
