@@ -65,7 +65,9 @@ class Device:
         self.boot = bootsel.load(self.fs)  # the boot loader has already run bootsel.select()
         # What only the boot needs (ota, identity, the contract, the config
         # schema) is imported one module at a time and released before the
-        # next, so the boot's peak is the resident app and the largest of them.
+        # next, so the boot's peak is the resident app and the largest of them;
+        # first, all rare modules' names are interned while the heap is young.
+        self._intern_names()
         self._boot_ota()
         self._boot_identity()
         self._boot_config()
@@ -103,6 +105,21 @@ class Device:
         ota.discard_incoming(self.fs)  # what a power cut during a download left behind
         self.fw = ota.slot_version(self.fs, self.boot["active"]) or FW_VERSION
         self.release_modules("ota")
+
+    def _intern_names(self):
+        """Import every rare module once and release it again: what stays
+        are their names. MicroPython keeps every name (qstr) it has seen, in
+        pools that never shrink, each twice the size of the last: the one
+        the app's names spill into (640 names, 4.5 KB in one block on the
+        32-bit unix port) must be taken now, while the heap is young; after
+        hours of work (the first scrape, an update) there may be no such
+        block left. And a rare module that cannot be imported (a broken
+        app bundle) fails this boot, which rolls the update back, instead
+        of the first job that needs it."""
+        for name in RARE:
+            __import__(name)
+            self.release_modules(name)
+        self.board.collect_garbage()
 
     def _boot_identity(self):
         import identity
