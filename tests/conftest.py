@@ -87,6 +87,20 @@ def micropython(mp_port):
     return find_micropython(mp_port)
 
 
+@pytest.fixture(scope="session")
+def frozen_micropython32(tmp_path_factory):
+    """MicroPython's 32-bit unix port with the device app frozen in (as an
+    ESP32 firmware built from firmware.image's freeze manifest), built once
+    per session (about 20 s). Skipped where the MicroPython source or
+    gcc-multilib is missing, unless $MICROPYTHON32 is set (CI): then it fails."""
+    from interp import MicroPythonMissing, build_frozen
+
+    try:
+        return build_frozen(tmp_path_factory.mktemp("frozen32"), "micropython32")
+    except MicroPythonMissing as e:
+        pytest.skip(str(e))
+
+
 @pytest.fixture
 def www(tmp_path):
     """A real HTTP server on 127.0.0.1 serving a fresh directory (OTA artifacts)."""

@@ -4,6 +4,14 @@ from the board layer passed in (``board_esp32`` on a device, ``firmware.sim``
 on a host, a unix-port board in the tests), so this file runs unchanged in
 all of them.
 
+Memory: an ESP32 has about 100 KB of heap, and MicroPython keeps an .mpy
+module's code in it. What runs all the time is here and in the modules
+imported below; the rare jobs are in modules imported for the job and
+released after it (RARE, ``Device.release_modules``): control
+(a connect and its self-test, a cfg, a command), ota and httpget (an
+update), sntp (a time query), metricstext (a scrape), and at boot identity,
+the contract and the config schema, one at a time.
+
 Files on the device's filesystem (the board's ``fs``):
   device.json   identity and broker settings written at flash time
   config.json   the last applied ``cfg`` message (replaced atomically)
@@ -13,18 +21,14 @@ Files on the device's filesystem (the board's ``fs``):
 
 import asyncio
 import json
+import sys
 
 import backoff
 import bootsel
-import contract
-import devconfig
 import ds18b20
-import identity
 import metrics
-import mqtt
-import ota
+import mqtt  # noqa: F401  (resident: the session's client, which control.connect makes)
 import pzem
-import sntp
 import supervisor
 import telemetry
 from buffer import OfflineBuffer
@@ -32,6 +36,13 @@ from buffer import OfflineBuffer
 FW_VERSION = "0.2.0"
 INBOX_LIMIT = 8  # commands and configs waiting to be handled; more ends the session unacknowledged
 SENSOR_READ_DEADLINE_S = 30  # a sensor read that takes longer means a wedged bus: stop feeding the watchdog
+# Modules imported only for a rare job and released after it (release_modules:
+# on MicroPython their code then leaves the heap): identity
+# and the contract at boot, the config schema and control for a cfg, a
+# command or the self-test after a connect, ota and httpget for an update,
+# sntp for a time query, metricstext for a scrape.
+RARE = ("identity", "contract", "devconfig", "control", "ota", "httpget", "sntp", "metricstext")
+MICROPYTHON = sys.implementation.name == "micropython"
 
 
 def load_json(fs, path, default=None):
@@ -50,35 +61,17 @@ class Device:
             raise RuntimeError("device.json missing: the board was not provisioned")
         self.settings = settings
         self.kind = settings["kind"]
-        self.id = identity.device_id(self.kind, board.mac())
-        if settings.get("id") not in (None, self.id):
-            raise RuntimeError("device.json is for %s but this board is %s" % (settings["id"], self.id))
         self.site = settings["site"]
-        self.base = contract.base_topic(self.site, self.id)
-        board.set_hostname(self.id)  # <id>.local
-        self.problems = []
-        try:
-            self.base_config = devconfig.initial(settings.get("config") or {})
-        except devconfig.ConfigError as e:
-            self.problems.append("flash-time config refused: %s" % e)
-            self.base_config = dict(devconfig.DEFAULTS)
-        # the applied config: defaults + flash-time config + the last cfg message, never the one before
-        self.config = self.base_config
-        stored = None
-        try:
-            stored = load_json(self.fs, "config.json")
-        except (OSError, ValueError):
-            pass  # unreadable: the broker's retained cfg follows on connect
-        if stored:
-            try:
-                self.config = devconfig.validate(stored, self.base_config)
-            except devconfig.ConfigError as e:
-                self.problems.append("stored config refused: %s" % e)
-        self.buffer = OfflineBuffer(self.fs, "buf", self.config["buffer_capacity"])
         self.boot = bootsel.load(self.fs)  # the boot loader has already run bootsel.select()
-        ota.discard_incoming(self.fs)  # what a power cut during a download left behind
-        ota.reserve_buffer()  # while the heap is in one piece
-        self.fw = ota.slot_version(self.fs, self.boot["active"]) or FW_VERSION
+        # What only the boot needs (ota, identity, the contract, the config
+        # schema) is imported one module at a time and released before the
+        # next, so the boot's peak is the resident app and the largest of them;
+        # first, all rare modules' names are interned while the heap is young.
+        self._intern_names()
+        self._boot_ota()
+        self._boot_identity()
+        self._boot_config()
+        self.buffer = OfflineBuffer(self.fs, "buf", self.config["buffer_capacity"])
         self.crash = supervisor.load_crash(self.fs)
         self.selftest_timeout_s = settings.get("selftest_timeout_s", 60)
         self.watchdog_s = settings.get("watchdog_s", 120)
@@ -101,8 +94,82 @@ class Device:
         self.sampling_since = None  # when the sensor read in progress started
         self.alive_at = board.time()
         self.metrics_server = None
+        self.jobs = 0  # control jobs running (see control())
+
+    def _boot_ota(self):
+        import ota
+
+        # the update's one buffer, taken while the heap is in one piece;
+        # kept here, as ota itself is released until an update
+        self.ota_buffer = ota.reserve_buffer()
+        ota.discard_incoming(self.fs)  # what a power cut during a download left behind
+        self.fw = ota.slot_version(self.fs, self.boot["active"]) or FW_VERSION
+        self.release_modules("ota")
+
+    def _intern_names(self):
+        """Import every rare module once and release it again: what stays
+        are their names. MicroPython keeps every name (qstr) it has seen, in
+        pools that never shrink, each twice the size of the last: the one
+        the app's names spill into (640 names, 4.5 KB in one block on the
+        32-bit unix port) must be taken now, while the heap is young; after
+        hours of work (the first scrape, an update) there may be no such
+        block left. And a rare module that cannot be imported (a broken
+        app bundle) fails this boot, which rolls the update back, instead
+        of the first job that needs it."""
+        for name in RARE:
+            __import__(name)
+            self.release_modules(name)
+        self.board.collect_garbage()
+
+    def _boot_identity(self):
+        import identity
+
+        self.id = identity.device_id(self.kind, self.board.mac())
+        del identity
+        self.release_modules("identity")
+        if self.settings.get("id") not in (None, self.id):
+            raise RuntimeError("device.json is for %s but this board is %s" % (self.settings["id"], self.id))
+        import contract
+
+        self.base = contract.base_topic(self.site, self.id)
+        self.release_modules("contract")
+        self.board.set_hostname(self.id)  # <id>.local
+
+    def _boot_config(self):
+        import devconfig
+
+        self.problems = []
+        try:
+            self.base_config = devconfig.initial(self.settings.get("config") or {})
+        except devconfig.ConfigError as e:
+            self.problems.append("flash-time config refused: %s" % e)
+            self.base_config = dict(devconfig.DEFAULTS)
+        # the applied config: defaults + flash-time config + the last cfg message, never the one before
+        self.config = self.base_config
+        stored = None
+        try:
+            stored = load_json(self.fs, "config.json")
+        except (OSError, ValueError):
+            pass  # unreadable: the broker's retained cfg follows on connect
+        if stored:
+            try:
+                self.config = devconfig.validate(stored, self.base_config)
+            except devconfig.ConfigError as e:
+                self.problems.append("stored config refused: %s" % e)
+        self.release_modules("devconfig")
 
     # --- helpers -----------------------------------------------------------
+    @staticmethod
+    def release_modules(*names):
+        """Forget modules imported for a rare job, so that the collector can
+        take their code back: MicroPython keeps an .mpy module's bytecode in
+        the heap (a frozen one's stays in flash, but its globals do not).
+        The next job imports them again. Only on MicroPython: under CPython
+        the simulator's devices share one process (and tests patch modules)."""
+        if MICROPYTHON:
+            for name in names:
+                sys.modules.pop(name, None)
+
     def topic(self, channel):
         return self.base + channel
 
@@ -125,57 +192,23 @@ class Device:
             out["idf_largest_free"] = idf
         return out
 
-    def announce_payload(self):
-        ip = self.board.ip()
-        out = {"id": self.id, "kind": self.kind, "mac": ":".join("%02x" % b for b in self.board.mac()),
-               "chip": self.board.chip(), "fw": self.fw, "ip": ip, "hostname": self.id + ".local",
-               "metrics": "http://%s:%d/metrics" % (ip, self.config["metrics_port"]),
-               "reset_cause": self.board.reset_cause(), "sensors": self.sensors_seen}
-        if self.crash:
-            out["crash"] = self.crash
-        if self.problems:
-            out["problems"] = self.problems
-        return out
-
     async def publish_json(self, channel, value, qos=1, retain=False):
         payload = json.dumps(value).encode()
         payload = self.board.outgoing(self.topic(channel), payload)
         await self.client.publish(self.topic(channel), payload, qos=qos, retain=retain)
 
     # --- MQTT session --------------------------------------------------------
-    def _on_message(self, topic, payload, retain):
+    def on_message(self, topic, payload, retain):
         if len(self.inbox) >= INBOX_LIMIT:
             raise RuntimeError("inbox full")  # not acknowledged: the session ends
         self.inbox.append((topic, payload))
         self.inbox_event.set()
 
-    async def _connect_once(self):
-        broker = self.settings["broker"]
-        await self.board.wifi_connect()
-        will = (self.topic("status"), json.dumps({"online": False}).encode(), 1, True)
-        client = mqtt.Client(self.id, broker["host"], broker.get("port", 1883), user=self.id,
-                             password=self.settings["password"], keepalive=broker.get("keepalive", 60), will=will,
-                             ssl=self.board.ssl_context(broker) if broker.get("tls") else None,
-                             on_message=self._on_message, timeout_s=broker.get("timeout_s", 10),
-                             max_packet_size=broker.get("max_packet_size", mqtt.MAX_PACKET_SIZE))
-        self.client = client
-        await client.connect()
-        self.connects += 1
-        # subscribe first: a retained status online=true then means that
-        # this device takes cfg and cmd (the retained cfg arrives now)
-        await client.subscribe(self.topic("cmd"), 1)
-        await client.subscribe(self.topic("cfg"), 1)
-        await self.publish_json("announce", self.announce_payload(), retain=True)
-        if self.crash is not None:
-            supervisor.clear_crash(self.fs)  # reported (and kept in this boot's announce)
-        await self.publish_json("status", self.status_payload(), retain=True)
-        await self.self_test_passed()
-
     async def connection_loop(self):
         while True:
             connects = self.connects
             try:
-                await self._connect_once()
+                await self.control("connect")
             except Exception as e:
                 if self.client is not None:  # connected, then failed to set up: drop the half session
                     self.client.abort()
@@ -197,40 +230,12 @@ class Device:
     def online(self):
         return self.client is not None and self.client.connected
 
-    # --- OTA: self-test, confirm, report --------------------------------------------
+    # --- OTA: the self-test's deadline (the self-test runs after each connect) ---------
     def update_pending(self):
         last = self.boot.get("last") or {}
         if last.get("payload") == "firmware" and last.get("result") == "pending":
             return self.board.firmware_pending()
         return self.boot["pending"]
-
-    async def self_test_passed(self):
-        """Broker reachable (we are connected) and config valid: confirm a
-        pending update, then report the outcome of the last update once."""
-        devconfig.validate(dict(self.config, version=max(1, self.config["version"])), self.base_config)
-        last = self.boot.get("last")
-        if last and last.get("result") == "pending":
-            if last.get("payload") == "firmware":
-                if self.board.firmware_running() == last.get("target") and self.board.firmware_pending():
-                    self.board.firmware_mark_valid()
-                    last.update(result="confirmed", reported=False)
-                elif self.board.firmware_running() != last.get("target"):
-                    last.update(result="rolled_back", reported=False,
-                                detail="the bootloader returned to %s" % self.board.firmware_running())
-                bootsel.save(self.fs, self.boot)
-            else:
-                self.boot = bootsel.confirm(self.fs)
-                last = self.boot["last"]
-            if last and last.get("result") == "confirmed":
-                import otasig
-
-                otasig.confirmed(self, last)  # anti-rollback: the device's security version rises
-        self.confirmed_event.set()
-        if last and not last.get("reported") and last.get("result") in ("confirmed", "rolled_back"):
-            await self.publish_json("ota", contract.ota_report(last.get("id"), last["result"], last.get("version"),
-                                                                last.get("detail")))
-            last["reported"] = True
-            bootsel.save(self.fs, self.boot)
 
     async def self_test_watchdog(self):
         """A pending update that cannot reach the broker in time is abandoned."""
@@ -238,17 +243,31 @@ class Device:
             return
         await self.board.sleep(self.selftest_timeout_s)
         if not self.confirmed_event.is_set():
-            detail = "self-test failed: broker not reachable within %ss" % self.selftest_timeout_s
-            self.board.log(detail)
-            last = self.boot.get("last") or {}
-            if last.get("payload") == "firmware":
-                last.update(detail=detail)
-                bootsel.save(self.fs, self.boot)  # not marked valid: the bootloader reverts
-            else:
-                bootsel.save(self.fs, bootsel.rollback(self.boot, detail))
-            self.board.reset()
+            await self.control("self_test_expired")
 
-    # --- incoming ------------------------------------------------------------
+    # --- rare jobs and incoming messages ----------------------------------------
+    async def control(self, job, *args):
+        """Run ``control.<job>(self, *args)``: a connect, a cfg, a command.
+        control and what it imports (contract, devconfig) are loaded for
+        the job; a command that is an update returns the command, which
+        ota.run carries out after control is released. All are released
+        once no job runs."""
+        self.jobs += 1
+        try:
+            import control
+
+            update = await getattr(control, job)(self, *args)
+            del control
+            if update is not None:
+                self.release_modules("control")
+                import ota
+
+                await ota.run(self, update)
+        finally:
+            self.jobs -= 1
+            if not self.jobs:
+                self.release_modules("control", "contract", "devconfig", "ota", "httpget")
+
     async def inbox_loop(self):
         while True:
             await self.inbox_event.wait()
@@ -257,64 +276,11 @@ class Device:
                 topic, payload = self.inbox.pop(0)
                 try:
                     if topic == self.topic("cfg"):
-                        await self.handle_cfg(payload)
+                        await self.control("cfg", payload)
                     elif topic == self.topic("cmd"):
-                        await self.handle_cmd(payload)
+                        await self.control("cmd", payload)
                 except Exception as e:
                     self.board.log("handling %s failed: %r" % (topic, e))
-
-    async def handle_cfg(self, payload):
-        """Apply a whole desired config (over defaults + flash-time config) and acknowledge it."""
-        try:
-            candidate = json.loads(payload)
-        except ValueError:
-            await self.publish_json("cfg/ack", devconfig.ack(None, "rejected", "config is not valid JSON"))
-            return
-        try:
-            new = devconfig.validate(candidate, self.base_config, self.config["version"])
-        except devconfig.ConfigError as e:
-            await self.publish_json("cfg/ack", devconfig.ack(devconfig.candidate_version(candidate), "rejected",
-                                                              str(e)))
-            return
-        if new != self.config:
-            bootsel.write_json(self.fs, "config.json", candidate)  # atomic
-            self.config = new
-            self.buffer.capacity = new["buffer_capacity"]
-        await self.publish_json("cfg/ack", devconfig.ack(new["version"], "applied"))
-        await self.publish_json("status", self.status_payload(), retain=True)
-
-    async def answer(self, cmd_id, name, result, detail=None):
-        await self.publish_json("cmd/ack", contract.cmd_ack(cmd_id, name, result, detail))
-
-    async def handle_cmd(self, payload):
-        """Every command gets an answer: ``ota`` on the ota channel, the
-        others (and anything malformed) on cmd/ack."""
-        try:
-            cmd = json.loads(payload)
-        except ValueError:
-            await self.answer(None, None, "rejected", "command is not valid JSON")
-            return
-        try:
-            cmd_id, name = contract.check_command(cmd)
-        except contract.ContractError as e:
-            await self.answer(contract.command_id_of(cmd), cmd.get("cmd") if isinstance(cmd, dict) else None,
-                              "rejected", str(e))
-            return
-        if name == "ota":
-            await ota.run(self, cmd)
-            return
-        if name == "signing_key":
-            import otasig
-
-            refused = otasig.hand_over(self, cmd)
-            await self.answer(cmd_id, name, "rejected" if refused else "accepted", refused)
-            return
-        # reboot
-        try:
-            await self.answer(cmd_id, name, "accepted")
-            await self.client.disconnect()
-        finally:
-            self.board.reset()
 
     # --- sampling and telemetry ---------------------------------------------------
     async def read_temperatures(self):
@@ -429,12 +395,21 @@ class Device:
                 self.published += 1
 
     # --- time and watchdog --------------------------------------------------------
+    async def set_time(self, server):
+        """One query (sntp is imported for it and released after)."""
+        try:
+            import sntp
+
+            self.board.set_time(await sntp.query(server))
+        finally:
+            self.release_modules("sntp")
+
     async def time_loop(self):
         """Set the clock from the site's NTP server (the controller by default)."""
         while True:
             server = self.config["ntp_server"] or self.settings["broker"]["host"]
             try:
-                self.board.set_time(await sntp.query(server))
+                await self.set_time(server)
                 wait = 3600
             except Exception as e:  # SntpError, OSError: keep going on the clock we have
                 self.board.log("time: %s" % e)
@@ -462,39 +437,14 @@ class Device:
 
     # --- /metrics -----------------------------------------------------------------
     def metrics_lines(self):
-        info = (("device_id", self.id), ("kind", self.kind), ("fw", self.fw))
-        last = self.last or {}
-        elec = last.get("electrical", {})
-        zones = last.get("thermal", {}).get("temperature_zones", [])
-        return metrics.render_lines([
-            ("edgefleet_device_info", "gauge", "Device identity.", [(info, 1)]),
-            ("edgefleet_uptime_seconds", "gauge", "Seconds since boot.", [((), self.board.uptime_s())]),
-            ("edgefleet_wifi_rssi_dbm", "gauge", "Wi-Fi signal.", [((), self.board.wifi_rssi())]),
-            ("edgefleet_free_heap_bytes", "gauge", "Free heap.", [((), self.board.free_heap())]),
-            ("edgefleet_heap_largest_free_block_bytes", "gauge", "Largest free block of the Python heap.",
-             [((), self.board.heap_largest_free())]),
-            ("edgefleet_idf_heap_largest_free_block_bytes", "gauge",
-             "Largest free block of ESP-IDF's data heap (TLS needs 16 KiB in one piece).",
-             [((), self.board.idf_largest_free())]),
-            ("edgefleet_mqtt_connected", "gauge", "1 while the MQTT session is up.", [((), self.online())]),
-            ("edgefleet_mqtt_connects_total", "counter", "MQTT sessions opened.", [((), self.connects)]),
-            ("edgefleet_telemetry_published_total", "counter", "Telemetry messages acknowledged by the broker.",
-             [((), self.published)]),
-            ("edgefleet_buffer_messages", "gauge", "Telemetry messages waiting in flash.", [((), len(self.buffer))]),
-            ("edgefleet_buffer_dropped_total", "counter", "Buffered messages dropped when the buffer was full.",
-             [((), self.buffer.dropped)]),
-            ("edgefleet_config_version", "gauge", "Applied config version.", [((), self.config["version"])]),
-            ("edgefleet_sensor_errors_total", "counter", "Failed sensor reads.", [((), self.sensor_errors)]),
-            ("edgefleet_time_synced", "gauge", "1 once the clock was set from NTP.", [((), self.board.time_synced())]),
-            ("edgefleet_voltage_volts", "gauge", "Mean phase voltage of the last interval.",
-             [((("phase", p),), v) for p, v in sorted(elec.get("voltage", {}).items())]),
-            ("edgefleet_current_amperes", "gauge", "Mean phase current of the last interval.",
-             [((("phase", p),), v) for p, v in sorted(elec.get("current", {}).items())]),
-            ("edgefleet_power_factor", "gauge", "Mean power factor of the last interval.",
-             [((), elec.get("power_factor"))]),
-            ("edgefleet_temperature_celsius", "gauge", "Mean zone temperature of the last interval.",
-             [((("zone", str(i)),), t) for i, t in enumerate(zones)]),
-        ])
+        """The lines of /metrics, rendered by metricstext (imported for the
+        scrape and released after)."""
+        try:
+            import metricstext
+
+            return metricstext.device_lines(self)
+        finally:
+            self.release_modules("metricstext")
 
     async def start_metrics(self):
         address = self.board.metrics_address(self.config["metrics_port"])

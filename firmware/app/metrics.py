@@ -1,42 +1,11 @@
-"""``/metrics`` in the Prometheus text format (version 0.0.4).
+"""The ``/metrics`` server: ``serve(host, port, lines_fn)`` is a minimal
+HTTP/1.0 server on asyncio that answers GET /metrics with ``lines_fn()``
+(a list of lines, as ``metricstext.render_lines`` makes them) and 404
+otherwise, with a read deadline and a limit on concurrent clients.
 
-``render(values)`` is pure (runs anywhere); ``serve(host, port, lines_fn)``
-(``lines_fn()`` returns ``render_lines(...)``) is a minimal
-HTTP/1.0 server on asyncio that answers GET /metrics and 404 otherwise,
-with a read deadline and a limit on concurrent clients.
+Only this listening part stays in the device's memory; the text is
+rendered by ``metricstext``, which the device imports for a scrape only.
 """
-
-
-def _escape(value):
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels):
-    if not labels:
-        return ""
-    return "{" + ",".join('%s="%s"' % (k, _escape(v)) for k, v in labels) + "}"
-
-
-def render(metrics):
-    """*metrics*: [(name, type, help, [(labels tuple, value), ...]), ...]."""
-    return "\n".join(render_lines(metrics)) + "\n"
-
-
-def render_lines(metrics):
-    """The exposition as a list of lines (without newlines): the server
-    sends them in small pieces, so a scrape needs no large block of heap."""
-    out = []
-    for name, kind, help_text, samples in metrics:
-        out.append("# HELP %s %s" % (name, help_text))
-        out.append("# TYPE %s %s" % (name, kind))
-        for labels, value in samples:
-            if value is None:
-                continue
-            if isinstance(value, bool):
-                value = int(value)
-            out.append("%s%s %s" % (name, _labels(labels), repr(float(value)) if isinstance(value, float)
-                                    else value))
-    return out
 
 
 MAX_CLIENTS = 2  # an ESP32 has about 10 sockets; scrapers beyond this are turned away at once
@@ -94,14 +63,14 @@ class Server:
             else:
                 lines = ["not found"]
                 head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n"
-            piece = head
-            for line in lines:  # pieces of about 512 bytes, each drained before the next
-                piece += line + "\n"
-                if len(piece) >= 512:
-                    writer.write(piece.encode())
-                    piece = ""
+            writer.write(head.encode())
+            pending = 0
+            for line in lines:  # line by line (no block larger than a line), drained every 512 bytes or so
+                writer.write((line + "\n").encode())
+                pending += len(line) + 1
+                if pending >= 512:
+                    pending = 0
                     await asyncio.wait_for(writer.drain(), self.timeout_s)
-            writer.write(piece.encode())
             await asyncio.wait_for(writer.drain(), self.timeout_s)
             self.served += 1
             await netio.close(writer, self.timeout_s)

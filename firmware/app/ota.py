@@ -15,25 +15,33 @@ back. Every step is reported on ``ota`` with the command id.
 
 Bundle format: one JSON line (the manifest: version and, per file, name,
 size, sha256), then the files' bytes in manifest order.
+
+The device imports this module for an update only (``Device.control``) and
+keeps the one download buffer itself. During an update, the contract (and
+httpget after the download) are released as soon as they are done with, so
+that the download and the unpacking have the heap they need.
 """
 
 import hashlib
+import io
 import json
 
 import bootsel
-import contract
-import httpget
 
 CHUNK = 2048
 INCOMING = "ota_incoming.bin"
 _buffer = []
 
 
-def reserve_buffer():
+def reserve_buffer(buf=None):
     """The one buffer every download and unpack uses, taken at boot while
     the heap is still in one piece: later, a fragmented heap may have the
-    bytes free but not in one block (seen under the unix port's -X heapsize)."""
-    if not _buffer:
+    bytes free but not in one block (seen under the unix port's -X heapsize).
+    The device keeps it (this module is loaded only for an update) and hands
+    it back as *buf*."""
+    if buf is not None:
+        _buffer[:] = [buf]
+    elif not _buffer:
         _buffer.append(memoryview(bytearray(CHUNK)))
     return _buffer[0]
 
@@ -57,6 +65,8 @@ def pack_bundle(version, files):
 
 async def download(url, connect, size, sha256, sink, timeout_s=30):
     """Stream *url* into sink.write(); check size and sha256."""
+    import httpget
+
     response = await httpget.get(url, connect, timeout_s)
     h = hashlib.sha256()
     got = 0
@@ -93,6 +103,28 @@ class FileSink:
         self.f.close()
 
 
+class _Line(io.IOBase):
+    """A file's next line as a stream of its own, for ``json.load``:
+    MicroPython's reads it a byte at a time, so a bundle's manifest (over
+    2 KB for the app) needs no block of its length from a heap that is
+    fragmented by the time the download is done."""
+
+    def __init__(self, f):
+        self.f = f
+        self.done = False
+
+    def readinto(self, buf):  # MicroPython's json.load reads through this
+        if self.done:
+            return 0
+        n = self.f.readinto(memoryview(buf)[:1])
+        if not n or buf[0] == 10:
+            self.done = True
+        return n
+
+    def read(self, size=-1):  # CPython's json.load reads it whole
+        return self.f.readline()
+
+
 def _rmtree(fs, path):
     if not fs.exists(path):
         return
@@ -107,13 +139,13 @@ def unpack_bundle(fs, path, slot):
     if not fs.exists(target):
         fs.mkdir(target)
     with fs.open(path, "rb") as f:
-        line = f.readline()
         try:
-            manifest = json.loads(line)
+            manifest = json.load(_Line(f))
             entries = manifest["files"]
             version = manifest["version"]
         except (ValueError, KeyError, TypeError):
             raise OtaError("bundle manifest is not valid")
+        manifest = None  # only the entries are kept while the files are copied
         buf = reserve_buffer()
         for entry in entries:
             name = entry["name"]
@@ -134,8 +166,9 @@ def unpack_bundle(fs, path, slot):
             if left or digest != entry["sha256"]:
                 raise OtaError("bundle file %s is damaged (sha256 %s)" % (name, digest))
     # the manifest is written last: a slot without one is incomplete
+    # (streamed: json.dumps would need one block of its whole length, over 2 KB for the app)
     with fs.open(target + "/manifest.json", "w") as out:
-        out.write(json.dumps({"version": version, "files": entries}))
+        json.dump({"version": version, "files": entries}, out)
     return version
 
 
@@ -159,6 +192,8 @@ def discard_incoming(fs):
 async def _install(device, cmd, report):
     """Download, verify and commit; returns once the next boot runs the update."""
     board, fs = device.board, device.fs
+    import contract
+
     payload, version, url, size, sha256, timeout_s = contract.check_ota_command(cmd)
     import otasig
 
@@ -166,6 +201,9 @@ async def _install(device, cmd, report):
         secver = otasig.check_update(device, cmd)  # before anything is downloaded or switched
     except otasig.SignatureError as e:
         raise OtaError("refused: %s" % e)
+    del contract, otasig
+    # not needed again before the reset: their code leaves the heap to the update
+    device.release_modules("contract", "otasig")
     await report("downloading")
     if payload == "app":
         slot = bootsel.other(bootsel.load(fs)["active"])
@@ -174,6 +212,7 @@ async def _install(device, cmd, report):
             await download(url, board.open_connection, size, sha256, sink, timeout_s)
         finally:
             sink.close()
+        device.release_modules("httpget")
         await report("verifying")
         board.collect_garbage()
         unpack_bundle(fs, INCOMING, slot)
@@ -201,12 +240,18 @@ async def run(device, cmd):
     """Carry out an ota command, reporting each step on ``ota``. A failure
     is reported as ``failed`` with its reason (running out of memory
     included) and changes nothing; once the update is committed the board
-    always resets, even when the report cannot be sent."""
-    cmd_id, version = contract.command_id_of(cmd), cmd.get("version")
+    always resets, even when the report cannot be sent. The caller keeps
+    no reference to the contract: _install releases it before the download."""
+    import contract
+
+    # every report has the contract's shape (ota_report); only its state and detail change
+    shape = contract.ota_report(contract.command_id_of(cmd), "downloading", cmd.get("version"))
+    del contract
 
     async def report(state, detail=None):
-        await device.publish_json("ota", contract.ota_report(cmd_id, state, version, detail))
+        await device.publish_json("ota", dict(shape, state=state, detail=detail))
 
+    reserve_buffer(device.ota_buffer)
     device.board.collect_garbage()  # start the update with the garbage gone
     try:
         await _install(device, cmd, report)

@@ -161,6 +161,56 @@ def app_files(version):
     return files, bundle
 
 
+FREEZE_APP_DIR = "app"
+
+
+def freeze_manifest(out_dir, port_manifest=None):
+    """Write a MicroPython freeze manifest for the app into *out_dir*:
+    ``manifest.py`` and, beside it in ``app/``, a copy of every module the
+    image packs (app_sources()) except the boot script, which stays /main.py
+    on the filesystem (MicroPython would run a frozen main.py instead of it).
+    Returns the manifest's path. The folder is self-contained, so it can be
+    handed to another build host:
+
+        # unix port (tests): ../shared/tools/micropython-src/build-frozen.sh TARBALL OUT/manifest.py BINARY --m32
+        # ESP32:             make BOARD=ESP32_GENERIC FROZEN_MANIFEST=/abs/OUT/manifest.py
+
+    *port_manifest* is included first when given: an ESP32 build replaces
+    the board's manifest with FROZEN_MANIFEST, so it passes
+    ``$(PORT_DIR)/boards/manifest.py`` to keep the port's own frozen modules
+    (asyncio among them); build-frozen.sh adds asyncio by itself."""
+    out = pathlib.Path(out_dir)
+    app = out / FREEZE_APP_DIR
+    app.mkdir(parents=True, exist_ok=True)
+    for old in app.glob("*.py"):
+        old.unlink()
+    names = []
+    for src in app_sources():
+        if src.name == BOOT_SCRIPT:
+            continue
+        (app / src.name).write_bytes(src.read_bytes())
+        names.append(src.name)
+    lines = ["# The edgefleet device app, frozen into MicroPython (written by firmware.image.freeze_manifest).",
+             "# Modules in an installed app bundle's slot still come first on sys.path."]
+    if port_manifest:
+        lines.append("include(%r)" % port_manifest)
+    lines.append("freeze(%r, %r)" % (FREEZE_APP_DIR, tuple(names)))
+    manifest = out / "manifest.py"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def frozen_app_files():
+    """{path: bytes} of the filesystem for a board whose MicroPython has the
+    app frozen in (freeze_manifest()): only the boot script. No root modules
+    and no slot a: a module on the filesystem would be loaded instead of the
+    frozen one (the root and the slot come first on sys.path) and take its
+    bytecode's size in RAM. Slot a stays empty, so the frozen app runs and
+    reports its own FW_VERSION; an app bundle installed by OTA fills slot b
+    and overrides the frozen modules it carries."""
+    return {BOOT_SCRIPT: (APP_DIR / BOOT_SCRIPT).read_bytes()}
+
+
 def littlefs_image(files, size):
     """A littlefs v2 image with MicroPython's ESP32 geometry (4 KiB blocks)."""
     from littlefs import LittleFS
@@ -241,7 +291,7 @@ def compiled_app(version):
     return dict(_APP_CACHE[version])
 
 
-def build_regions(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.0"):
+def build_regions(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.0", frozen_app=False):
     """Return ([(offset, bytes)], files) for one device: what a board must hold.
 
     Besides the bootloader, our partition table, the app in ota_0 and the
@@ -250,10 +300,13 @@ def build_regions(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.
     not keep another site's Wi-Fi credentials.
 
     *device*: the device.json content (id, kind, site, broker, password,
-    signing_key, ...); check_device_document checks it first."""
+    signing_key, ...); check_device_document checks it first.
+    *frozen_app*: *micropython_bin* has the app frozen in (freeze_manifest());
+    the filesystem then holds only main.py besides the device's files
+    (frozen_app_files(); *version* is not used: the frozen code has its own)."""
     check_device_document(device)
     bootloader, app = split_micropython_image(micropython_bin)
-    files = compiled_app(version)
+    files = frozen_app_files() if frozen_app else compiled_app(version)
     files["device.json"] = json.dumps(device, sort_keys=True, separators=(",", ":")).encode()
     if ca_pem is not None:
         files["ca.crt"] = ca_pem
@@ -278,13 +331,13 @@ def flat_image(regions, size=FLASH_SIZE):
     return bytes(out)
 
 
-def build_image(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.0"):
+def build_image(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.0", frozen_app=False):
     """Return (image bytes, report) for one device: the merged image of
     build_regions(), written at offset 0 (what `esptool write-flash 0` takes).
 
     *device*: the device.json content (id, kind, site, broker, password,
     signing_key, ...)."""
-    regions, files = build_regions(micropython_bin, device, ca_pem, wifi, version)
+    regions, files = build_regions(micropython_bin, device, ca_pem, wifi, version, frozen_app)
     from esptool import cmds
 
     image = cmds.merge_bin(sorted(regions), chip="esp32", output=None)

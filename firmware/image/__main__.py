@@ -4,7 +4,13 @@ Builds one board's merged flash image (write it at offset 0) and prints its
 sha256. device.json gets the device's password (<secrets>/mqtt/<id>), and the
 site's OTA signing public key (<secrets>/signing/current.pub; never the
 private key). The MicroPython ESP32 firmware.bin is the operator's: it cannot
-be downloaded here."""
+be downloaded here.
+
+    python -m firmware.image --freeze-manifest build/edgefleet-frozen
+
+writes a MicroPython freeze manifest of the app (and the modules beside it)
+instead, for a firmware with the app frozen in; an image for such a firmware
+is then built with --frozen-app."""
 
 import argparse
 import json
@@ -19,8 +25,16 @@ from . import BuildError, build_image
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m firmware.image", description=__doc__.split("\n\n")[0])
     p.add_argument("--inventory", default="inventories/lab")
-    p.add_argument("--device", required=True, help="device id (inventory host name)")
-    p.add_argument("--micropython", required=True, help="MicroPython ESP32 firmware.bin (supplied by you)")
+    p.add_argument("--device", help="device id (inventory host name)")
+    p.add_argument("--micropython", help="MicroPython ESP32 firmware.bin (supplied by you)")
+    p.add_argument("--frozen-app", action="store_true",
+                   help="--micropython has the app frozen in (built from --freeze-manifest): the filesystem gets only "
+                        "main.py and the device's files, no compiled modules")
+    p.add_argument("--freeze-manifest", metavar="DIR",
+                   help="instead of an image: write DIR/manifest.py and the app's modules beside it, for MicroPython's "
+                        "FROZEN_MANIFEST (ESP32: make BOARD=ESP32_GENERIC FROZEN_MANIFEST=DIR/manifest.py, with "
+                        "--port-manifest '$(PORT_DIR)/boards/manifest.py')")
+    p.add_argument("--port-manifest", help="with --freeze-manifest: a manifest to include first (the port's own)")
     p.add_argument("--secrets", help="secrets directory (default: secrets/<site>)")
     p.add_argument("--wifi-ssid")
     p.add_argument("--wifi-password", default="")
@@ -30,6 +44,13 @@ def main(argv=None):
     p.add_argument("--version", help="app version written into slot a (default: the app's FW_VERSION)")
     p.add_argument("--out", default="images")
     args = p.parse_args(argv)
+    if args.freeze_manifest:
+        from . import freeze_manifest
+
+        print(freeze_manifest(args.freeze_manifest, args.port_manifest))
+        return 0
+    if not args.device or not args.micropython:
+        p.error("--device and --micropython are required (or --freeze-manifest)")
 
     from firmware.sim import fleet
 
@@ -75,7 +96,7 @@ def main(argv=None):
             import device as app  # firmware/app/device.py (on sys.path through firmware.sim)
 
             args.version = app.FW_VERSION
-        image, report = build_image(base, device, ca, wifi, args.version)
+        image, report = build_image(base, device, ca, wifi, args.version, frozen_app=args.frozen_app)
     except BuildError as e:
         p.error(str(e))
     os.makedirs(args.out, exist_ok=True)

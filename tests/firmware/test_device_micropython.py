@@ -16,9 +16,10 @@ import urllib.request
 import pytest
 
 import contract
+import device as app
 import identity
 from broker import free_port
-from interp import mpy_cross
+from interp import APP, mpy_cross
 from mqttc import Client as Paho
 from roleacl import render_acl
 from testkeys import TestKey
@@ -204,9 +205,9 @@ def signed_ota(www, bundle, digest_of=None, key=SITE_KEY, security_version=0, cm
                             security_version)
 
 
-def send_ota(site, www, bundle, digest_of=None, key=SITE_KEY):
+def send_ota(site, www, bundle, digest_of=None, key=SITE_KEY, **device_kw):
     ctl = site.watch("controller")
-    d = site.device().start()
+    d = site.device(**device_kw).start()
     wait_online(ctl, d)
     ctl.publish(topic("cmd"), json.dumps(signed_ota(www, bundle, digest_of, key)))
     wait_until(lambda: any(r["state"] in contract.OTA_FINAL_STATES for r in payloads(ctl, "ota")), 60,
@@ -281,6 +282,32 @@ def test_a_new_slot_that_crashes_at_import_is_abandoned(site, www, tmp_path):
     assert d.boots == 3 and d.exits[:2] == [75, 75]
     crash = payloads(ctl, "announce")[-1]["crash"]
     assert crash == {"error": "RuntimeError: broken build", "count": 1, "slot": "b", "uptime_s": 0}
+
+
+def test_an_app_bundle_runs_instead_of_the_frozen_app(broker, tmp_path, www, frozen_micropython32):
+    """On a MicroPython with the app frozen in, whose filesystem holds no
+    modules (firmware.image.frozen_app_files), an app bundle installed by
+    OTA runs instead of the frozen modules: its slot comes first on
+    sys.path, before '' and .frozen. The bundle's device module says where
+    it was loaded from."""
+    marked = tmp_path / "device.py"
+    marked.write_text((APP / "device.py").read_text() + '\nprint("log: device module " + __file__)\n')
+    subprocess.run([mpy_cross(), "-s", "device.py", "-o", str(tmp_path / "device.mpy"), str(marked)], check=True)
+    bundle = app_bundle(NEW, replace={"device.mpy": (tmp_path / "device.mpy").read_bytes()})
+    site = Site(broker, tmp_path, frozen_micropython32)
+    try:
+        ctl, d, states = send_ota(site, www, bundle, frozen=True)
+        assert states == ["downloading", "verifying", "rebooting", "confirmed"], d.output()[-3000:]
+        wait_until(lambda: any(s.get("fw") == NEW for s in payloads(ctl, "status")), 5, "status of the new version")
+        first, second = d.output().split("log: reset\n", 1)
+        assert "log: device module" not in first  # the frozen app, which reports its own FW_VERSION
+        assert payloads(ctl, "status")[0]["fw"] == app.FW_VERSION
+        assert "log: device module /flash/app_b/device.mpy" in second.splitlines()
+        d.kill()
+        modules = {e["name"] for e in json.loads(bundle.split(b"\n", 1)[0])["files"]}
+        assert {p for p in d.files() if p.endswith(".mpy")} == {"app_b/" + n for n in modules}
+    finally:
+        site.close()
 
 
 def test_every_command_is_answered_and_reboot_reboots(site):

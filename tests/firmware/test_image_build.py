@@ -95,6 +95,31 @@ def test_filesystem_holds_the_compiled_app_and_device_files(built, tmp_path):
     assert out.strip() == DEVICE["id"]
 
 
+def test_freeze_manifest_freezes_the_modules_the_image_packs(tmp_path):
+    """What firmware.image writes for MicroPython's FROZEN_MANIFEST: the
+    port's own manifest first (when given), then exactly the modules the
+    image packs, as their sources; main.py stays a file (/main.py)."""
+    manifest = build.freeze_manifest(tmp_path / "frozen", "$(PORT_DIR)/boards/manifest.py")
+    calls = []
+    exec(manifest.read_text(), {"include": lambda path: calls.append(("include", path)),
+                                "freeze": lambda path, script=None: calls.append(("freeze", path, script))})
+    assert calls[0] == ("include", "$(PORT_DIR)/boards/manifest.py")
+    [(_, folder, scripts)] = calls[1:]
+    assert set(scripts) == {p.name for p in build.app_sources()} - {"main.py"}
+    sources = {p.name: p for p in build.app_sources()}
+    for name in scripts:
+        assert (manifest.parent / folder / name).read_bytes() == sources[name].read_bytes()
+    assert sorted(p.name for p in (manifest.parent / folder).iterdir()) == sorted(scripts)
+
+
+def test_image_for_a_firmware_with_the_app_frozen_in_holds_no_modules():
+    image, report = build.build_image(stand_in_micropython(), DEVICE, ca_pem=b"-----BEGIN CERTIFICATE-----\n",
+                                      frozen_app=True)
+    files = read_filesystem(image)
+    assert set(files) == {"main.py", "device.json", "ca.crt"}
+    assert files["main.py"] == (APP / "main.py").read_bytes()
+
+
 def test_same_inputs_same_bytes_and_any_change_shows(built):
     image, report = built
     again, report2 = build.build_image(stand_in_micropython(), DEVICE, ca_pem=b"-----BEGIN CERTIFICATE-----\n",
@@ -176,6 +201,9 @@ with tempfile.TemporaryDirectory() as tmp:
 
     asyncio.run(briefly())
     assert sim.device.seq > 0, "the simulated device did not run"
+import device
+for name in device.RARE:  # imported for rare jobs only (a command, an update, a scrape): resolve them too
+    __import__(name)
 print(json.dumps(sorted(str(pathlib.Path(m.__file__).resolve()) for m in list(sys.modules.values())
                         if getattr(m, "__file__", None))))
 """
@@ -184,7 +212,9 @@ print(json.dumps(sorted(str(pathlib.Path(m.__file__).resolve()) for m in list(sy
 def test_the_simulator_runs_the_files_the_image_packs():
     """Run a simulated device in a fresh interpreter, then compare the device
     modules it loaded with the sources the image build compiles: the same
-    files, nothing else (a fresh process, so no other test's imports count)."""
+    files, nothing else (a fresh process, so no other test's imports count).
+    The modules the device imports only for a rare job (device.RARE) are
+    imported by name in that process, so that they resolve the same way."""
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", SIM_RUN], cwd=APP.parents[1], capture_output=True, text=True,

@@ -48,8 +48,8 @@ CHECKS = {
     "telemetry": [
         "agg_payload()",
     ],
-    "metrics": [
-        "metrics.render([('m_total', 'counter', 'help', [((('a', 'x\"y'),), 3)]), ('g', 'gauge', 'h', [((), 1.5), ((), None)])])",
+    "metricstext": [
+        "metricstext.render([('m_total', 'counter', 'help', [((('a', 'x\"y'),), 3)]), ('g', 'gauge', 'h', [((), 1.5), ((), None)])])",
     ],
     "backoff": [
         "[round(b.next_delay(), 6) for b in [backoff.Backoff(1, 60, rand=lambda: 0.5)] for _ in range(9)]",

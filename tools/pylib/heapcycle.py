@@ -36,7 +36,7 @@ def bundle_64k():
     raise AssertionError("could not pad the bundle to %d bytes" % BUNDLE_SIZE)
 
 
-def run_cycle(broker_port, www, workdir, heap, timeout=40.0, binary=None):
+def run_cycle(broker_port, www, workdir, heap, timeout=40.0, binary=None, frozen=False):
     """(True, seconds) when the cycle completes; (False, why) otherwise."""
     topic = lambda ch: contract.topic(SITE, DEVICE_ID, ch)  # noqa: E731
     ctl = Paho(broker_port, user="controller", password=USERS["controller"]).connect_ok()
@@ -49,7 +49,7 @@ def run_cycle(broker_port, www, workdir, heap, timeout=40.0, binary=None):
               "config": {"publish_interval_s": 1, "pzem_addresses": [1, 2, 3], "temperature_zones": 2,
                          "ntp_server": "127.0.0.1:9"}}
     dev = UnixDevice(workdir, device, MAC, heap=heap, metrics_port=port,
-                     roms=("28ff001d1234049f", "28ff011d12340452"), binary=binary)
+                     roms=("28ff001d1234049f", "28ff011d12340452"), binary=binary, frozen=frozen)
 
     def payloads(channel):
         return [json.loads(m.payload) for m in ctl.messages() if m.topic == topic(channel)]

@@ -23,11 +23,12 @@ RESET_EXIT_CODE = 75
 VFS_SIZE = 0xF0000  # the image's vfs partition
 
 
-def flash_files(device, version="0.2.0", extra=None):
-    """{path: bytes} of a freshly flashed board's filesystem."""
+def flash_files(device, version="0.2.0", extra=None, frozen=False):
+    """{path: bytes} of a freshly flashed board's filesystem; *frozen*: for
+    a MicroPython with the app frozen in (firmware.image.frozen_app_files)."""
     import firmware.image as image
 
-    files, _bundle = image.app_files(version)
+    files = image.frozen_app_files() if frozen else image.app_files(version)[0]
     files["device.json"] = json.dumps(device, sort_keys=True).encode()
     files.update(extra or {})
     return files
@@ -54,13 +55,13 @@ def read_flash(path):
 
 class UnixDevice:
     def __init__(self, workdir, device, mac, heap=None, metrics_port=None, time_scale=1.0, roms=(), files=None,
-                 version="0.2.0", binary=None):
+                 version="0.2.0", binary=None, frozen=False):
         import firmware.image as image
 
         self.dir = pathlib.Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.flash = self.dir / "flash.img"
-        self.flash.write_bytes(image.littlefs_image(files or flash_files(device, version), VFS_SIZE))
+        self.flash.write_bytes(image.littlefs_image(files or flash_files(device, version, frozen=frozen), VFS_SIZE))
         self.env = dict(os.environ, MICROPYPATH=".frozen", EF_FLASH=str(self.flash), EF_MAC=mac.replace(":", ""),
                         EF_METRICS_PORT=str(metrics_port or ""), EF_TIME_SCALE=str(time_scale),
                         EF_ROMS=",".join(roms))
