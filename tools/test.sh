@@ -79,10 +79,11 @@ setup() {
   # Debian's own tools check the roles' rendered files and run them in the
   # integration tests: mosquitto, the MQTT exporter, promtool, amtool and the
   # blackbox exporter's config check, Prometheus and Alertmanager themselves,
-  # and nginx -t on the OTA server's config.
-  stage "test dependencies (Debian mosquitto, prometheus, alertmanager, exporters, nginx)" \
+  # and nginx -t on the OTA server's config. gcc-multilib builds MicroPython's
+  # 32-bit unix port with the app frozen in (the frozen heap budget).
+  stage "test dependencies (Debian mosquitto, prometheus, alertmanager, exporters, nginx, gcc-multilib)" \
     apt_install mosquitto prometheus-mqtt-exporter prometheus prometheus-alertmanager \
-    prometheus-blackbox-exporter nginx ser2net || return 1
+    prometheus-blackbox-exporter nginx ser2net gcc-multilib || return 1
   molecule_run_env
   log "run $EDGEFLEET_RUN_ID: test ports 127.0.0.1:$EDGEFLEET_TEST_MQTT_PORT (MQTT), :$EDGEFLEET_TEST_MQTTS_PORT (TLS)"
   remove_stale_instances
