@@ -63,6 +63,8 @@ async def self_test(dev):
 
     board = dev.board
     devconfig.validate(dict(dev.config, version=max(1, dev.config["version"])), dev.base_config)
+    del devconfig
+    dev.release_modules("devconfig")  # done with: gone before the contract comes in for the report
     last = dev.boot.get("last")
     if last and last.get("result") == "pending":
         if last.get("payload") == "firmware":

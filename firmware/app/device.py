@@ -94,7 +94,7 @@ class Device:
         self.sampling_since = None  # when the sensor read in progress started
         self.alive_at = board.time()
         self.metrics_server = None
-        self.jobs = 0  # control jobs running (see control())
+        self.control_lock = asyncio.Lock()  # control jobs run one at a time (see control())
 
     def _boot_ota(self):
         import ota
@@ -248,25 +248,25 @@ class Device:
     # --- rare jobs and incoming messages ----------------------------------------
     async def control(self, job, *args):
         """Run ``control.<job>(self, *args)``: a connect, a cfg, a command.
-        control and what it imports (contract, devconfig) are loaded for
-        the job; a command that is an update returns the command, which
-        ota.run carries out after control is released. All are released
-        once no job runs."""
-        self.jobs += 1
-        try:
-            import control
+        Jobs run one at a time, each with control and what it imports
+        (contract, devconfig) loaded for it alone and released after it. A
+        command that is an update returns the command: ota.run carries it
+        out after that, outside the lock (a reconnect can run meanwhile)."""
+        async with self.control_lock:
+            try:
+                import control
 
-            update = await getattr(control, job)(self, *args)
-            del control
-            if update is not None:
-                self.release_modules("control")
+                update = await getattr(control, job)(self, *args)
+            finally:
+                control = None
+                self.release_modules("control", "contract", "devconfig")
+        if update is not None:
+            try:
                 import ota
 
                 await ota.run(self, update)
-        finally:
-            self.jobs -= 1
-            if not self.jobs:
-                self.release_modules("control", "contract", "devconfig", "ota", "httpget")
+            finally:
+                self.release_modules("ota", "httpget")
 
     async def inbox_loop(self):
         while True:
