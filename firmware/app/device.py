@@ -251,22 +251,30 @@ class Device:
         Jobs run one at a time, each with control and what it imports
         (contract, devconfig) loaded for it alone and released after it. A
         command that is an update returns the command: ota.run carries it
-        out after that, outside the lock (a reconnect can run meanwhile)."""
+        out after that, outside the lock (a reconnect can run meanwhile),
+        with the contract still loaded (it releases it before the download)."""
         async with self.control_lock:
+            update = None
             try:
                 import control
 
                 update = await getattr(control, job)(self, *args)
             finally:
                 control = None
-                self.release_modules("control", "contract", "devconfig")
+                self.release_modules("control", "devconfig", *(() if update is not None else ("contract",)))
         if update is not None:
             try:
                 import ota
 
                 await ota.run(self, update)
+            except MemoryError:  # not even the update's code fitted: it is answered all the same
+                import contract
+
+                await self.publish_json("ota", contract.ota_report(contract.command_id_of(update), "failed",
+                                                                   update.get("version"),
+                                                                   "out of memory during the update"))
             finally:
-                self.release_modules("ota", "httpget")
+                self.release_modules("ota", "httpget", "contract")
 
     async def inbox_loop(self):
         while True:
