@@ -39,9 +39,10 @@ SENSOR_READ_DEADLINE_S = 30  # a sensor read that takes longer means a wedged bu
 # Modules imported only for a rare job and released after it (release_modules:
 # on MicroPython their code then leaves the heap): identity
 # and the contract at boot, the config schema and control for a cfg, a
-# command or the self-test after a connect, ota and httpget for an update,
-# sntp for a time query, metricstext for a scrape.
-RARE = ("identity", "contract", "devconfig", "control", "ota", "httpget", "sntp", "metricstext")
+# command or the self-test after a connect, ota, otasig, p256 (the signature
+# check) and httpget for an update, sntp for a time query, metricstext for a
+# scrape.
+RARE = ("identity", "contract", "devconfig", "control", "ota", "otasig", "p256", "httpget", "sntp", "metricstext")
 MICROPYTHON = sys.implementation.name == "micropython"
 
 
