@@ -23,7 +23,7 @@ What it measures
       a time. Once all are connected (or have failed), a token bucket over
       all connections, refilled every 10 ms, offers the target rate: QoS 1
       PUBLISH to the device's own ``site/<site>/<kind>/<id>/state``, a
-      DESIGN section 3 payload (about 360 bytes) with ``device_id``, ``ts``
+      telemetry payload (docs/architecture.md, section 3.3; about 360 bytes) with ``device_id``, ``ts``
       and ``seq``; at most ``--window`` unacknowledged publishes per
       connection. It records what it really offered and which publishes
       never got a PUBACK.
@@ -304,7 +304,7 @@ def child_entry(main_coro):
 # ---------------------------------------------------------------- telemetry payload
 
 class Telemetry:
-    """One device's DESIGN section 3 payloads: constant readings chosen once
+    """One device's telemetry payloads (docs/architecture.md, section 3.3): constant readings chosen once
     per device, ``ts`` (epoch, microseconds) and ``seq`` new in each."""
 
     def __init__(self, device_id, rng_seed):
@@ -328,7 +328,8 @@ class Telemetry:
 
 
 def check_shape(topic, payload, site):
-    """None when *payload* is a DESIGN section 3 telemetry message on its
+    """None when *payload* is a telemetry message (docs/architecture.md, section
+    3.3) on its
     device's own state topic, else what is wrong."""
     try:
         msg = json.loads(payload)

@@ -1,4 +1,4 @@
-"""Over-the-air updates of both payloads of DESIGN.md section 6.
+"""Over-the-air updates of both payloads of docs/architecture.md, section 6.4.
 
 - ``app``: our app bundle (compiled modules + manifest) into the inactive
   A/B slot directory; the boot pointer (bootsel) changes last, atomically.

@@ -1,5 +1,6 @@
 """Telemetry: samples taken every ``sample_interval_s`` are averaged into one
-message every ``publish_interval_s``, in the payload of DESIGN.md section 3.
+message every ``publish_interval_s``, in the payload of docs/architecture.md,
+section 3.3.
 Groups a device does not have (no meters, no temperature zones) are left out.
 """
 

@@ -20,7 +20,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP_DIR = ROOT / "firmware" / "app"
 # the device contract: these very files run on the device, in the simulator
-# and in the controller-side plugins (DESIGN.md section 5)
+# and in the controller-side plugins (docs/architecture.md, section 2)
 CONTRACT_DIR = ROOT / "plugins" / "module_utils"
 CONTRACT_MODULES = ("contract", "devconfig", "identity")
 # files at the filesystem root, never replaced by an app bundle update

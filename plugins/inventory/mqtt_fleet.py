@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 """Inventory plugin: the fleet as the site broker sees it, from the devices'
-retained announce and status messages (DESIGN.md sections 3 and 5)."""
+retained announce and status messages (docs/architecture.md, sections 3 and 5)."""
 
 DOCUMENTATION = r"""
 name: mqtt_fleet
@@ -123,7 +123,7 @@ from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
-# the device contract (DESIGN.md section 5) and the controller's MQTT session
+# the device contract (docs/architecture.md, section 3) and the controller's MQTT session
 from ansible_collections.edgefleet.site.plugins.module_utils import contract, fleetmqtt, identity
 
 try:  # ansible-core 2.19+: a string is a template only when tagged as trusted, which device data never is

@@ -46,7 +46,7 @@ import os
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
 
-# the device contract: the very file the firmware runs (DESIGN.md section 5)
+# the device contract: the very file the firmware runs (docs/architecture.md, section 2)
 from ansible_collections.edgefleet.site.plugins.module_utils import identity
 
 

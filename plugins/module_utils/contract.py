@@ -1,4 +1,4 @@
-"""The device contract of DESIGN.md section 3: topics, channels, commands and
+"""The device contract of docs/architecture.md, section 3: topics, channels, commands and
 OTA messages, in one place for the firmware, the simulator, the mosquitto
 role's ACL and the controller-side plugins.
 

@@ -1,5 +1,5 @@
 """Device configuration: defaults, validation with a reason, ack payloads
-(DESIGN.md section 3). Part of the device contract: the firmware image packs
+(docs/architecture.md, sections 3 and 10). Part of the device contract: the firmware image packs
 this file as it is, the simulator imports it, and controller-side plugins
 import it as ``ansible_collections.edgefleet.site.plugins.module_utils.devconfig``.
 It runs unchanged on MicroPython and imports nothing.
@@ -165,7 +165,7 @@ def validate(candidate, base, applied_version=0):
 
 
 def ack(version, result, detail=None):
-    """The ``cfg/ack`` payload (DESIGN.md section 3)."""
+    """The ``cfg/ack`` payload (docs/architecture.md, section 3.2)."""
     if result not in ("applied", "rejected"):
         raise ValueError("ack result must be 'applied' or 'rejected', got %r" % (result,))
     return {"version": version, "result": result, "detail": detail}

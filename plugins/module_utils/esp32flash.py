@@ -1,5 +1,5 @@
 """Flashing ESP32 boards with esptool's Python API: the logic behind the
-esp32_flash module (DESIGN.md section 5), kept here so that it is unit
+esp32_flash module (docs/architecture.md, section 5), kept here so that it is unit
 tested without Ansible.
 
 Per port: connect (ROM loader), read the chip and MAC, and then either
@@ -133,7 +133,7 @@ def image_digest(regions):
 
 def check_devices(devices, where="devices"):
     """[{id, mac, ...}] -> {mac 'aa:bb:..': device}; FlashError names the bad
-    entry. Each id must be the one its MAC derives (DESIGN.md section 3): a
+    entry. Each id must be the one its MAC derives (docs/architecture.md, section 3.1): a
     MAC typed into the wrong host would otherwise flash one board with
     another's identity and credentials."""
     if not isinstance(devices, (list, tuple)):

@@ -3,7 +3,7 @@ desired config of each device from inventory, the decision what to send,
 config versions, the outcome of each device, and the diff. No I/O: the
 action plugin feeds it the broker's retained messages and the acks.
 
-Desired state (DESIGN.md section 3). A device's desired config is the merge
+Desired state (docs/architecture.md, section 10). A device's desired config is the merge
 of dict variables, in order (default ``device_config_fleet``,
 ``device_config_kind``, ``device_config``: group_vars/fleet, group_vars/<kind>,
 host_vars), a later one's settings over an earlier one's. It is published

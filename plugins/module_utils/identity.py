@@ -1,4 +1,4 @@
-"""Device identity (DESIGN.md section 3).
+"""Device identity (docs/architecture.md, section 3.1).
 
 A device id is ``<kind>-<short8>``: short8 is the 8-symbol Crockford base32
 code (lower case, most significant 5 bits first) of BLAKE2s(MAC bytes) with a

@@ -18,7 +18,7 @@ except ImportError:  # tests import it from plugins/module_utils directly
 
 HEADER = """\
 # Boards registered by playbooks/flash.yml (module edgefleet.site.fleet_registry):
-# one host per board, its id derived from its MAC (DESIGN.md section 3). The
+# one host per board, its id derived from its MAC (docs/architecture.md, section 3.1). The
 # play rewrites this file whole, sorted; to retire a board, delete its entry
 # (and its password file in the secrets directory).
 """

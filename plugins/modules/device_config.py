@@ -16,7 +16,7 @@ description:
   - Each device's desired config is the merge of dict variables from the inventory, in the order of
     I(config_vars) (by default C(device_config_fleet), C(device_config_kind), C(device_config); a setting
     of a later variable replaces the same setting of an earlier one). It is the whole desired state
-    (DESIGN.md section 3); the device applies firmware defaults, then its flash-time config, then this.
+    (docs/architecture.md, section 10); the device applies firmware defaults, then its flash-time config, then this.
   - Every desired config is checked against the device's own rules before anything is published; one bad
     value fails the task, naming the host, the variable and the value, and nothing is published.
   - The config is published retained on C(site/<site>/<kind>/<id>/cfg), its settings with a C(version), and

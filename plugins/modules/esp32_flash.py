@@ -12,7 +12,7 @@ description:
     station group), with the station's virtualenv python (role C(flash_station)), which holds esptool and
     the image build's tools.
   - Per port it connects to the ESP32 ROM bootloader with esptool's Python API, reads the chip and the
-    MAC, and derives the device id from the MAC (C(<kind>-<short8>), DESIGN.md section 3).
+    MAC, and derives the device id from the MAC (C(<kind>-<short8>), docs/architecture.md, section 3.1).
   - With I(state=identified) it stops there and returns what it found; C(playbooks/flash.yml) registers
     boards the inventory does not know yet from that.
   - With I(state=flashed) it looks the MAC up in I(devices), builds that board's image with

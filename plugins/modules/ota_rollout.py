@@ -17,7 +17,7 @@ description:
     waves: a canary wave of I(canary) devices, then waves of the sizes in I(waves) (counts or percentages of
     the devices to update; the last entry repeats), or, with I(increment_factor), each wave that factor larger
     than the one before. Wave membership is a stable shuffle of the device ids by I(rollout_id)."
-  - "A wave's devices get the OTA command (DESIGN.md section 3) at once. A device succeeds when all of these
+  - "A wave's devices get the OTA command (docs/architecture.md, section 3.4) at once. A device succeeds when all of these
     hold: it reported C(confirmed) for this command, it is online on the new version, and it stayed online on
     that version for I(soak) seconds. C(failed), C(rolled_back), going offline or coming back on another version
     during the soak, and no confirmation within I(device_timeout) are failures."

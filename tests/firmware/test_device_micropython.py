@@ -98,7 +98,7 @@ def test_boot_announce_status_and_telemetry_cadence(site):
     wait_until(lambda: len(tg.messages()) >= 6, 15, "6 telemetry messages")
     arrivals = [m for m in tg.messages()]
     state = [json.loads(m.payload) for m in arrivals]
-    # the shape of DESIGN.md section 3, from the device's own code on MicroPython
+    # the shape of docs/architecture.md, section 3.3 (payloads), from the device's own code on MicroPython
     m = state[-1]
     assert m["device_id"] == DEVICE_ID and m["ts"] is None  # no NTP answer yet: not a date in 2000
     assert set(m["electrical"]["voltage"]) == {"a", "b", "c"} and 229 < m["electrical"]["voltage"]["a"] < 232

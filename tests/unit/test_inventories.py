@@ -1,6 +1,7 @@
 """The shipped inventories are consistent: every device host name is the
-device id that DESIGN.md section 3 derives from its MAC. The expected ids are
-computed here, independently of any project code."""
+device id that docs/architecture.md, section 3.1 (device id) derives from its
+MAC. The expected ids are computed here from that written rule, independently
+of any project code."""
 
 import base64
 import hashlib
