@@ -11,6 +11,13 @@ mosquitto_passwd_hash
 subject_alt_names
     Turn a list of host names and IP addresses into ``DNS:``/``IP:``
     subjectAltName entries for community.crypto.
+
+device_config_max
+    The largest value the device contract allows for a device setting
+    (``'temperature_zones' | device_config_max`` is 8), read from
+    plugins/module_utils/devconfig.py, the module the firmware validates its
+    config with: roles size what they export by it instead of keeping a
+    second copy of the number.
 """
 
 import base64
@@ -68,9 +75,24 @@ def subject_alt_names(names):
     return out
 
 
+def device_config_max(setting):
+    """The maximum of a numeric device setting, as devconfig enforces it."""
+    # imported here: tools that import this file for the password hash
+    # alone (tools/pylib/broker.py) need no collection loader
+    from ansible_collections.edgefleet.site.plugins.module_utils import devconfig
+
+    rule = devconfig._RULES.get(setting)  # (kind, minimum, maximum); kept private on the device for its RAM
+    if rule is None or rule[0] not in ("int", "num", "num_or_none"):
+        numeric = sorted(n for n, r in devconfig._RULES.items() if r[0] in ("int", "num", "num_or_none"))
+        raise AnsibleFilterError(f"device_config_max: {setting!r} is not a numeric device setting "
+                                 f"(one of {', '.join(numeric)})")
+    return rule[2]
+
+
 class FilterModule:
     def filters(self):
         return {
             "mosquitto_passwd_hash": mosquitto_passwd_hash,
             "subject_alt_names": subject_alt_names,
+            "device_config_max": device_config_max,
         }
