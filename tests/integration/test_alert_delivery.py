@@ -174,7 +174,7 @@ def test_device_offline_alert_reaches_the_webhook(tmp_path, processes):
             except AssertionError:
                 pytest.fail(f"{base} not ready:\n{logs()}")
 
-        # the exporter's topic label became site, kind and device_id
+        # the exporter's topic label became site, kind, device_id and channel
         def offline_series():
             query = urllib.parse.quote('edgefleet_device_online{job="edgefleet_telemetry"}')
             try:
@@ -186,9 +186,9 @@ def test_device_offline_alert_reaches_the_webhook(tmp_path, processes):
         series = wait_until(offline_series, timeout=20, what="the exporter's series in Prometheus", poll=0.2)
         assert series == [
             {"__name__": "edgefleet_device_online", "job": "edgefleet_telemetry", "instance": exporter.address,
-             "site": SITE, "kind": "env", "device_id": ONLINE},
+             "site": SITE, "kind": "env", "device_id": ONLINE, "channel": "status"},
             {"__name__": "edgefleet_device_online", "job": "edgefleet_telemetry", "instance": exporter.address,
-             "site": SITE, "kind": "psu", "device_id": OFFLINE},
+             "site": SITE, "kind": "psu", "device_id": OFFLINE, "channel": "status"},
         ]
 
         def delivered():

@@ -173,10 +173,12 @@ def relabel(configs, labels):
 
 
 @pytest.mark.parametrize("topic,expected", [
-    ("site/lab/psu/psu-ktcyat68/state", {"site": "lab", "kind": "psu", "device_id": "psu-ktcyat68"}),
-    ("site/lab/env/env-yy1ka51y/status", {"site": "lab", "kind": "env", "device_id": "env-yy1ka51y"}),
-    ("site/lab/oven/oven-tvcft64q/ota", {"site": "lab", "kind": "oven", "device_id": "oven-tvcft64q"}),
-    ("site/lab/oven/oven-tvcft64q/cfg/ack", {"site": "lab", "kind": "oven", "device_id": "oven-tvcft64q"}),
+    ("site/lab/psu/psu-ktcyat68/state", {"site": "lab", "kind": "psu", "device_id": "psu-ktcyat68", "channel": "state"}),
+    ("site/lab/env/env-yy1ka51y/status",
+     {"site": "lab", "kind": "env", "device_id": "env-yy1ka51y", "channel": "status"}),
+    ("site/lab/oven/oven-tvcft64q/ota", {"site": "lab", "kind": "oven", "device_id": "oven-tvcft64q", "channel": "ota"}),
+    ("site/lab/oven/oven-tvcft64q/cfg/ack",
+     {"site": "lab", "kind": "oven", "device_id": "oven-tvcft64q", "channel": "cfg/ack"}),
 ])
 def test_telemetry_topic_becomes_device_labels(tmp_path, topic, expected):
     rules = job(prometheus_config(tmp_path), "edgefleet_telemetry")["metric_relabel_configs"]
@@ -184,6 +186,29 @@ def test_telemetry_topic_becomes_device_labels(tmp_path, topic, expected):
                           "job": "edgefleet_telemetry", "instance": "127.0.0.1:9641"})
     assert got == {"__name__": "edgefleet_telemetry_seq", "job": "edgefleet_telemetry",
                    "instance": "127.0.0.1:9641", **expected}
+
+
+def test_series_of_different_channels_stay_apart(tmp_path):
+    """The exporter applies every mapping to every message: the same metric
+    name can come from a device's state, status and ota topics at once (and
+    its own received_messages counts every topic). What the exporter tells
+    apart by topic must stay apart once topic is dropped."""
+    rules = job(prometheus_config(tmp_path), "edgefleet_telemetry")["metric_relabel_configs"]
+    exposed = []
+    for device in DEVICES:
+        kind = device.split("-")[0]
+        for channel in ("state", "status", "ota"):
+            topic = f"site/lab/{kind}/{device}/{channel}"
+            for name in ("edgefleet_ota_failed", "edgefleet_device_online", "edgefleet_telemetry_seq"):
+                exposed.append({"__name__": name, "topic": topic, "sensor": device})
+            exposed.append({"__name__": "received_messages", "topic": topic, "status": "success"})
+    kept = [relabel(rules, dict(labels, job="edgefleet_telemetry", instance="127.0.0.1:9641")) for labels in exposed]
+    assert all("topic" not in k and "sensor" not in k for k in kept)
+    label_sets = [tuple(sorted(k.items())) for k in kept]
+    collapsed = len(label_sets) - len(set(label_sets))
+    assert not collapsed, f"{collapsed} series collapse into others once topic is dropped"
+    ota = [k for k in kept if k["__name__"] == "edgefleet_ota_failed" and k["device_id"] == "psu-ktcyat68"]
+    assert sorted(k["channel"] for k in ota) == ["ota", "state", "status"]
 
 
 def test_broker_job_has_no_device_labels(tmp_path):
@@ -428,22 +453,44 @@ def test_alerts_have_severity_and_name_device_or_site(tmp_path):
 def test_alert_expressions(tmp_path):
     found = alerts(tmp_path)
     assert found["EdgefleetDeviceOffline"]["expr"] == "edgefleet_device_online == 0"
-    assert found["EdgefleetRolloutFailed"]["expr"] == "edgefleet_ota_failed == 1"
+    assert " ".join(found["EdgefleetRolloutFailed"]["expr"].split()) == (
+        "(edgefleet_ota_failed == 1) and on(site, kind, device_id) "
+        "( min_over_time(edgefleet_ota_failed[1h]) == 0 "
+        "or (edgefleet_ota_failed unless edgefleet_ota_failed offset 1h) )")
     assert found["EdgefleetBrokerDroppingMessages"]["expr"] == "increase(mosquitto_publish_dropped_total[5m]) > 0"
     assert " ".join(found["EdgefleetTelemetryStale"]["expr"].split()) == (
         "(edgefleet_device_online == 1) unless on(site, kind, device_id) "
-        "(time() - timestamp(edgefleet_telemetry_seq) < 60)")
+        "( time() - edgefleet_telemetry_timestamp_seconds < on(site, kind, device_id) "
+        "( 3 * (edgefleet_device_publish_interval_seconds or on(site, kind, device_id) "
+        "(edgefleet_device_online * 0 + 5)) + 45 ) )")
     assert found["EdgefleetCertificateExpiring"]["expr"] == "probe_ssl_earliest_cert_expiry - time() < 21 * 86400"
     assert found["EdgefleetDeviceOffline"]["for"] == "2m"
+
+
+def test_every_alert_waits_before_it_fires(tmp_path):
+    """No alert fires on the first evaluation that matches: each has a
+    `for` longer than zero (the promtool tests hold that they do not fire
+    before it, and that each clears when its cause stops)."""
+    seconds = {"s": 1, "m": 60, "h": 3600}
+    for name, rule in alerts(tmp_path).items():
+        assert "for" in rule, f"{name} has no for"
+        m = re.fullmatch(r"([0-9]+)([smh])", str(rule["for"]))
+        assert m and int(m.group(1)) * seconds[m.group(2)] > 0, f"{name}: for {rule['for']!r}"
 
 
 def test_thresholds_are_variables(tmp_path):
     found = alerts(tmp_path, prometheus_alert_temperature_margin_celsius=7.5, prometheus_alert_cert_expiry_days=30,
                    prometheus_alert_telemetry_stale_intervals=4, prometheus_telemetry_publish_interval_seconds=10,
-                   prometheus_alert_device_offline_for="0s", prometheus_alert_broker_down_for="3m")
+                   prometheus_alert_telemetry_stale_grace_seconds=20, prometheus_alert_device_offline_for="0s",
+                   prometheus_alert_broker_down_for="3m", prometheus_alert_rollout_failed_window="6h",
+                   prometheus_alert_rollout_failed_for="2m", prometheus_alert_broker_dropping_for="10m")
     assert "(edgefleet_telemetry_setpoint_celsius + 7.5)" in found["EdgefleetTemperatureOverSetpoint"]["expr"]
     assert "< 30 * 86400" in found["EdgefleetCertificateExpiring"]["expr"]
-    assert "< 40)" in found["EdgefleetTelemetryStale"]["expr"]
+    stale = " ".join(found["EdgefleetTelemetryStale"]["expr"].split())
+    assert "( 4 * (edgefleet_device_publish_interval_seconds" in stale and "* 0 + 10)) + 20 )" in stale
+    assert "[6h]" in found["EdgefleetRolloutFailed"]["expr"] and "offset 6h" in found["EdgefleetRolloutFailed"]["expr"]
+    assert found["EdgefleetRolloutFailed"]["for"] == "2m"
+    assert found["EdgefleetBrokerDroppingMessages"]["for"] == "10m"
     assert found["EdgefleetDeviceOffline"]["for"] == "0s"
     assert found["EdgefleetBrokerDown"]["for"] == "3m"
     result = run(["promtool", "check", "rules", str(rules_file(tmp_path))])
