@@ -87,7 +87,7 @@ def test_staged_tree_passes_the_roles_own_checks(tmp_path):
         assert result.returncode == 0, f"{argv}:\n{result.stdout}\n{result.stderr}"
     # promtool checked the staged rules and discovery file, not live ones
     out = run(["promtool", "check", "config", str(live(tmp_path, "/etc/prometheus/prometheus.yml"))]).stdout
-    assert "SUCCESS: 1 rule files found" in out and "9 rules found" in out
+    assert "SUCCESS: 1 rule files found" in out and "10 rules found" in out  # 9 alerts, 1 recording rule
     assert "WARNING" not in out, out
 
 
@@ -433,6 +433,51 @@ def alerts(tmp_path, **overrides):
     return {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
 
 
+def records(tmp_path, **overrides):
+    rules = yaml.safe_load(rules_file(tmp_path, **overrides).read_text())
+    return {r["record"]: r for g in rules["groups"] for r in g["rules"] if "record" in r}
+
+
+RECEIVED = 'received_messages{job="edgefleet_telemetry", channel="state", status="success"}'
+
+
+def last_seen_expr(window):
+    return (
+        f"( max by (site, kind, device_id) ( changes({RECEIVED}[{window}]) > 0 or "
+        f"( ({RECEIVED} unless {RECEIVED} offset {window}) "
+        f'and on(job, instance) (up{{job="edgefleet_telemetry"}} offset {window} == 1) ) ) * 0 + time() ) '
+        "or edgefleet:telemetry_last_seen_timestamp_seconds "
+        f"or (max by (site, kind, device_id) ({RECEIVED}) * 0 + time())")
+
+
+def test_last_seen_is_recorded_from_the_message_count_not_the_device_clock(tmp_path):
+    """When the controller last received telemetry: the exporter's message
+    count on the state topic, one series per device, carried forward, and
+    recorded before the alert that reads it (same group, earlier)."""
+    rules = yaml.safe_load(rules_file(tmp_path).read_text())
+    (group,) = [g for g in rules["groups"] if any(r.get("alert") == "EdgefleetTelemetryStale" for r in g["rules"])]
+    names = [r.get("record") or r.get("alert") for r in group["rules"]]
+    assert names.index("edgefleet:telemetry_last_seen_timestamp_seconds") < names.index("EdgefleetTelemetryStale")
+    expr = " ".join(records(tmp_path)["edgefleet:telemetry_last_seen_timestamp_seconds"]["expr"].split())
+    assert expr == last_seen_expr("45s")
+    assert "timestamp_seconds" not in expr.replace("edgefleet:telemetry_last_seen_timestamp_seconds", "")
+    stale = alerts(tmp_path)["EdgefleetTelemetryStale"]["expr"]
+    assert "edgefleet_telemetry_timestamp_seconds" not in stale
+
+
+@pytest.mark.parametrize("scrape,evaluation,window", [
+    ("15s", "15s", "45s"), ("30s", "1m", "120s"), ("1m30s", "500ms", "180500ms")])
+def test_last_seen_window_spans_two_scrapes_and_an_evaluation(tmp_path, scrape, evaluation, window):
+    """Both samples of a change (before, after) must fall in the window of
+    some evaluation: 2 scrape intervals + 1 evaluation interval."""
+    expr = " ".join(records(tmp_path, prometheus_scrape_interval=scrape, prometheus_evaluation_interval=evaluation)[
+        "edgefleet:telemetry_last_seen_timestamp_seconds"]["expr"].split())
+    assert expr == last_seen_expr(window)
+    result = run(["promtool", "check", "rules", str(rules_file(tmp_path, prometheus_scrape_interval=scrape,
+                                                                prometheus_evaluation_interval=evaluation))])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_alerts_have_severity_and_name_device_or_site(tmp_path):
     found = alerts(tmp_path)
     assert set(found) == {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
@@ -460,7 +505,7 @@ def test_alert_expressions(tmp_path):
     assert found["EdgefleetBrokerDroppingMessages"]["expr"] == "increase(mosquitto_publish_dropped_total[5m]) > 0"
     assert " ".join(found["EdgefleetTelemetryStale"]["expr"].split()) == (
         "(edgefleet_device_online == 1) unless on(site, kind, device_id) "
-        "( time() - edgefleet_telemetry_timestamp_seconds < on(site, kind, device_id) "
+        "( time() - edgefleet:telemetry_last_seen_timestamp_seconds < on(site, kind, device_id) "
         "( 3 * (edgefleet_device_publish_interval_seconds or on(site, kind, device_id) "
         "(edgefleet_device_online * 0 + 5)) + 45 ) )")
     assert found["EdgefleetCertificateExpiring"]["expr"] == "probe_ssl_earliest_cert_expiry - time() < 21 * 86400"
@@ -501,9 +546,10 @@ def test_alerts_use_only_documented_metrics(tmp_path):
     """docs/metrics.md is the metric-name contract."""
     documented = (ROOT / "docs/metrics.md").read_text()
     names = set()
-    for rule in alerts(tmp_path).values():
-        names |= set(re.findall(r"\b((?:edgefleet|mosquitto|mqtt2prometheus|probe)_[a-z0-9_]+)", rule["expr"]))
-    assert names
+    for rule in list(alerts(tmp_path).values()) + list(records(tmp_path).values()):
+        names |= set(re.findall(r"\b((?:edgefleet|mosquitto|mqtt2prometheus|probe)_[a-z0-9_]+|edgefleet:[a-z0-9_]+"
+                                r"|received_messages)", rule["expr"]))
+    assert {"received_messages", "edgefleet:telemetry_last_seen_timestamp_seconds"} <= names
     missing = sorted(n for n in names if f"`{n}`" not in documented)
     assert not missing, f"metrics not in docs/metrics.md: {missing}"
 
