@@ -60,7 +60,7 @@ def dashboards():
 
 def documented_metrics():
     text = (ROOT / "docs" / "metrics.md").read_text()
-    return set(re.findall(r"`((?:edgefleet|mosquitto|mqtt2prometheus|probe)_[a-z0-9_]+)`", text))
+    return set(re.findall(r"`((?:edgefleet|mosquitto|mqtt2prometheus|probe)_[a-z0-9_]+|edgefleet:[a-z0-9_]+)`", text))
 
 
 # --- grafana.ini ----------------------------------------------------------------
@@ -329,6 +329,22 @@ def test_every_dashboard_expression_is_promql(tmp_path):
     result = subprocess.run(["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True)
     assert result.returncode == 0 and "FAILED" not in result.stderr, (result.stderr, origins)
     assert "SUCCESS: %d rules found" % len(rules) in result.stdout
+
+
+def test_last_report_is_when_the_controller_received_telemetry_not_the_device_clock():
+    """How long ago a device reported is Prometheus's record of when the
+    controller received its telemetry (roles/prometheus); the device's clock
+    (ts: unset until NTP answers, maybe skewed) is no panel's age."""
+    ages = {(q["dashboard"], q["panel"], q["ref"]): q["expr"] for q in promqueries.dashboard_queries()
+            if "time() -" in q["expr"].replace("time()-", "time() -")}
+    assert set(ages) >= {("edgefleet-device", "Last report", "A"), ("edgefleet-fleet", "Reporting (last 60 s)", "A"),
+                         ("edgefleet-fleet", "Devices", "B")}
+    for where in (("edgefleet-device", "Last report", "A"), ("edgefleet-fleet", "Reporting (last 60 s)", "A"),
+                  ("edgefleet-fleet", "Devices", "B")):
+        assert "time() - " in ages[where] and promqueries.metric_names(ages[where]) == [
+            "edgefleet:telemetry_last_seen_timestamp_seconds"], where
+    for q in promqueries.dashboard_queries():
+        assert "edgefleet_telemetry_timestamp_seconds" not in q["expr"], (q["dashboard"], q["panel"])
 
 
 def test_dashboards_use_only_documented_metrics_and_labels():
