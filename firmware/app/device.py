@@ -182,6 +182,7 @@ class Device:
     def status_payload(self, online=True):
         out = {
             "online": online, "fw": self.fw, "cfg_version": self.config["version"],
+            "publish_interval_s": self.config["publish_interval_s"],
             "uptime_s": self.board.uptime_s(), "rssi": self.board.wifi_rssi(), "free_heap": self.board.free_heap(),
             "buffered": len(self.buffer), "buffer_dropped": self.buffer.dropped, "time_synced": self.board.time_synced(),
         }

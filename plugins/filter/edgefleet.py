@@ -11,11 +11,24 @@ mosquitto_passwd_hash
 subject_alt_names
     Turn a list of host names and IP addresses into ``DNS:``/``IP:``
     subjectAltName entries for community.crypto.
+
+device_config_max
+    The largest value the device contract allows for a device setting
+    (``'temperature_zones' | device_config_max`` is 8), read from
+    plugins/module_utils/devconfig.py, the module the firmware validates its
+    config with: roles size what they export by it instead of keeping a
+    second copy of the number.
+
+dashboard_without_datasource
+    A Grafana dashboard (JSON text) without the panels that use the data
+    source of the given uid: the grafana role provisions the history panels
+    (InfluxQL on InfluxDB 1.x) only where that data source exists.
 """
 
 import base64
 import hashlib
 import ipaddress
+import json
 
 from ansible.errors import AnsibleFilterError
 
@@ -68,9 +81,48 @@ def subject_alt_names(names):
     return out
 
 
+def device_config_max(setting):
+    """The maximum of a numeric device setting, as devconfig enforces it."""
+    # imported here: tools that import this file for the password hash
+    # alone (tools/pylib/broker.py) need no collection loader
+    from ansible_collections.edgefleet.site.plugins.module_utils import devconfig
+
+    rule = devconfig._RULES.get(setting)  # (kind, minimum, maximum); kept private on the device for its RAM
+    if rule is None or rule[0] not in ("int", "num", "num_or_none"):
+        numeric = sorted(n for n, r in devconfig._RULES.items() if r[0] in ("int", "num", "num_or_none"))
+        raise AnsibleFilterError(f"device_config_max: {setting!r} is not a numeric device setting "
+                                 f"(one of {', '.join(numeric)})")
+    return rule[2]
+
+
+def dashboard_without_datasource(text, uid):
+    """*text* (a dashboard's JSON) without the panels, top-level or in rows,
+    whose data source is *uid* (a row of such panels carries it too)."""
+    try:
+        dashboard = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise AnsibleFilterError(f"dashboard_without_datasource: not a dashboard's JSON: {e}")
+
+    def keep(panels):
+        out = []
+        for panel in panels:
+            ds = panel.get("datasource")
+            if isinstance(ds, dict) and ds.get("uid") == uid:
+                continue
+            if isinstance(panel.get("panels"), list):
+                panel = dict(panel, panels=keep(panel["panels"]))
+            out.append(panel)
+        return out
+
+    dashboard["panels"] = keep(dashboard.get("panels") or [])
+    return json.dumps(dashboard, indent=2) + "\n"
+
+
 class FilterModule:
     def filters(self):
         return {
             "mosquitto_passwd_hash": mosquitto_passwd_hash,
             "subject_alt_names": subject_alt_names,
+            "device_config_max": device_config_max,
+            "dashboard_without_datasource": dashboard_without_datasource,
         }

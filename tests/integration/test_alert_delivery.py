@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import urllib.parse
 import urllib.request
 
@@ -34,6 +35,10 @@ EXPORTER_PAGE = f"""\
 # TYPE edgefleet_device_online gauge
 edgefleet_device_online{{sensor="online",topic="site/{SITE}/psu/{OFFLINE}/status"}} 0
 edgefleet_device_online{{sensor="online",topic="site/{SITE}/env/{ONLINE}/status"}} 1
+# HELP received_messages received messages per topic and status
+# TYPE received_messages counter
+received_messages{{status="success",topic="site/{SITE}/env/{ONLINE}/state"}} 7
+received_messages{{status="success",topic="site/{SITE}/env/{ONLINE}/status"}} 1
 """
 
 
@@ -126,6 +131,7 @@ def test_device_offline_alert_reaches_the_webhook(tmp_path, processes):
         if not shutil.which(binary):
             pytest.fail(f"{binary} missing: apt-get install prometheus prometheus-alertmanager")
     exporter, sink = Http(EXPORTER_PAGE), Http()
+    started = time.time()
     try:
         prom_addr, am_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         ctx = role_vars("prometheus", {
@@ -174,7 +180,7 @@ def test_device_offline_alert_reaches_the_webhook(tmp_path, processes):
             except AssertionError:
                 pytest.fail(f"{base} not ready:\n{logs()}")
 
-        # the exporter's topic label became site, kind and device_id
+        # the exporter's topic label became site, kind, device_id and channel
         def offline_series():
             query = urllib.parse.quote('edgefleet_device_online{job="edgefleet_telemetry"}')
             try:
@@ -186,10 +192,25 @@ def test_device_offline_alert_reaches_the_webhook(tmp_path, processes):
         series = wait_until(offline_series, timeout=20, what="the exporter's series in Prometheus", poll=0.2)
         assert series == [
             {"__name__": "edgefleet_device_online", "job": "edgefleet_telemetry", "instance": exporter.address,
-             "site": SITE, "kind": "env", "device_id": ONLINE},
+             "site": SITE, "kind": "env", "device_id": ONLINE, "channel": "status"},
             {"__name__": "edgefleet_device_online", "job": "edgefleet_telemetry", "instance": exporter.address,
-             "site": SITE, "kind": "psu", "device_id": OFFLINE},
+             "site": SITE, "kind": "psu", "device_id": OFFLINE, "channel": "status"},
         ]
+
+        # the last-seen rule runs in the real engine: one series per device,
+        # site, kind and device_id only, from the state topic's count (seeded:
+        # the count does not change here), none for the device without one
+        def last_seen():
+            query = urllib.parse.quote("edgefleet:telemetry_last_seen_timestamp_seconds")
+            try:
+                return json.loads(get(f"http://{prom_addr}/api/v1/query?query={query}")[1])["data"]["result"] or None
+            except OSError:
+                return None
+
+        (seen,) = wait_until(last_seen, timeout=20, what="the recorded last-seen series", poll=0.2)
+        assert seen["metric"] == {"__name__": "edgefleet:telemetry_last_seen_timestamp_seconds",
+                                  "site": SITE, "kind": "env", "device_id": ONLINE}
+        assert started <= float(seen["value"][1]) <= time.time()
 
         def delivered():
             return [a for post in sink.posts for a in post["alerts"]

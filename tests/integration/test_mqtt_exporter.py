@@ -26,13 +26,19 @@ pytestmark = pytest.mark.skipif(not BINARY.exists(), reason="Debian's prometheus
                                 "(tools/test.sh installs it)")
 
 
-def render(instance, broker_port):
-    variables = rolerender.role_vars("mqtt_exporter", {
+def render(instance, broker_port, url=None, **overrides):
+    variables = rolerender.role_vars("mqtt_exporter", dict({
         "edgefleet_site": SITE, "edgefleet_secrets_dir": "/nonexistent",
-        "mqtt_exporter_broker_url": f"tcp://127.0.0.1:{broker_port}",
+        "mqtt_exporter_broker_url": url or f"tcp://127.0.0.1:{broker_port}",
         "_mqtt_exporter_password_telemetry": SERVICE["exporter"],
-        "_mqtt_exporter_password_broker": SERVICE["exporter_sys"]})
+        "_mqtt_exporter_password_broker": SERVICE["exporter_sys"]}, **overrides))
     return rolerender.render("mqtt_exporter", f"{instance}.yaml.j2", variables)
+
+
+def check(tmp_path, text):
+    conf = tmp_path / "candidate.yaml"
+    conf.write_text(text)
+    return subprocess.run([str(CHECKER), str(conf)], capture_output=True, text=True, timeout=90)
 
 
 class Exporter:
@@ -48,12 +54,15 @@ class Exporter:
                                       "-listen-port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT)
         return self
 
+    def text(self):
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return ""
+
     def samples(self):
         """{(name, frozenset(labels)): value} of the exporter's /metrics now."""
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return {}
+        text = self.text()
         out = {}
         for line in text.splitlines():
             m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)', line)
@@ -89,14 +98,43 @@ def series(samples, name, **labels):
 
 
 @pytest.mark.parametrize("instance", ["telemetry", "broker"])
-def test_the_role_configs_load_and_a_broken_one_is_refused(tmp_path, instance):
-    conf = tmp_path / "c.yaml"
-    conf.write_text(render(instance, 1883))
-    ok = subprocess.run([str(CHECKER), str(conf)], capture_output=True, text=True, timeout=30)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    conf.write_text(render(instance, 1883).replace("  qos:", "  qos_level:"))
-    bad = subprocess.run([str(CHECKER), str(conf)], capture_output=True, text=True, timeout=30)
+def test_the_checker_proves_a_real_connection(site, tmp_path, instance):
+    """The role's checker passes a config only when the exporter logs in to
+    the broker and subscribes with it; the live session (same client id)
+    is left alone."""
+    b = site.broker
+    live = watcher(b, "exporter" if instance == "telemetry" else "exporter_sys", "$SYS/broker/uptime"
+                   if instance == "broker" else f"site/{SITE}/+/+/status", client_id=f"edgefleet-exporter-{SITE}-{instance}")
+    ok = check(tmp_path, render(instance, b.port))
+    assert ok.returncode == 0 and "connected to" in ok.stdout, ok.stdout + ok.stderr
+    assert "already connected, closing old connection" not in b.log.read_text(), "the checker took over the live session"
+    live.close()
+    # a key the exporter does not know: refused while loading
+    bad = check(tmp_path, render(instance, b.port).replace("  qos:", "  qos_level:"))
     assert bad.returncode == 1 and "qos_level not found" in bad.stderr, bad.stdout + bad.stderr
+    # a config that loads but cannot log in: refused, where the old check (a closed port) passed it
+    wrong = check(tmp_path, render(instance, b.port, **{f"_mqtt_exporter_password_{instance}": "not-the-password"}))
+    assert wrong.returncode == 1 and "could not connect to mqtt broker" in wrong.stderr, wrong.stdout + wrong.stderr
+    closed = check(tmp_path, render(instance, free_port()))
+    assert closed.returncode == 1 and "could not connect to mqtt broker" in closed.stderr, closed.stderr
+
+
+def test_ssl_needs_a_client_certificate_for_the_ca_to_count(broker, tmp_path):
+    """mqtt2prometheus 0.1.7 uses ca_cert only when a client certificate is
+    set: with the CA alone it cannot verify the site CA's broker certificate
+    (the role refuses that setting), with all three it connects."""
+    from simsite import SERVICE as users
+    from tlsca import make_ca_and_server
+
+    tls = make_ca_and_server(tmp_path / "ca")
+    b = broker(users=users, tls=tls)
+    url = f"ssl://127.0.0.1:{b.tls_port}"
+    ca_only = check(tmp_path, render("broker", b.port, url=url, mqtt_exporter_ca_cert=str(tls["ca"])))
+    assert ca_only.returncode == 1 and "certificate signed by unknown authority" in ca_only.stderr, ca_only.stderr
+    # any pair the exporter can load will do: this broker does not ask for it
+    full = check(tmp_path, render("broker", b.port, url=url, mqtt_exporter_ca_cert=str(tls["ca"]),
+                                  mqtt_exporter_client_cert=str(tls["cert"]), mqtt_exporter_client_key=str(tls["key"])))
+    assert full.returncode == 0, full.stdout + full.stderr
 
 
 def test_device_telemetry_state_and_ota_become_labelled_series(site, exporters):
@@ -122,6 +160,7 @@ def test_device_telemetry_state_and_ota_become_labelled_series(site, exporters):
 
     async def during():
         holder["samples"] = await scenario()
+        holder["text"] = telemetry.text()
     asyncio.run(run_for(sims, 0, during=during))
     s = holder["samples"]
     state_topic = topic(psu, "state")
@@ -138,8 +177,17 @@ def test_device_telemetry_state_and_ota_become_labelled_series(site, exporters):
     assert setpoint == 180.0
     assert not series(s, "edgefleet_telemetry_temperature_celsius", sensor=psu)
     assert not series(s, "edgefleet_telemetry_voltage_volts", sensor=env)
+    # no sample carries a timestamp: a value the exporter keeps for a quiet
+    # device must not turn into one Prometheus rejects as too old
+    text = holder["text"]
+    stamped = [line for line in text.splitlines() if line.startswith("edgefleet_") and len(line.split()) != 2]
+    assert not stamped, stamped
     for device_id, _, _ in DEVICES:
         assert series(s, "edgefleet_telemetry_seq", sensor=device_id)
+        (ts,), = [series(s, "edgefleet_telemetry_timestamp_seconds", sensor=device_id).values()]
+        assert ts > 1.7e9, ts  # the device's own clock (the simulator's runs fast)
+        # the device's own interval, from its status (the firmware default here)
+        assert set(series(s, "edgefleet_device_publish_interval_seconds", sensor=device_id).values()) == {5.0}
         assert set(series(s, "edgefleet_telemetry_running", sensor=device_id).values()) <= {0.0, 1.0}
         assert series(s, "edgefleet_telemetry_uptime_seconds", sensor=device_id)
         assert series(s, "edgefleet_telemetry_wifi_rssi_dbm", sensor=device_id)

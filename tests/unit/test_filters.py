@@ -56,3 +56,17 @@ def test_subject_alt_names_rejects_and_names_bad_entries(bad):
 def test_subject_alt_names_needs_a_list():
     with pytest.raises(AnsibleFilterError):
         edgefleet.subject_alt_names("ctl.lan")
+
+
+def test_device_config_max_reads_the_device_contract():
+    import devconfig
+
+    assert edgefleet.device_config_max("temperature_zones") == devconfig._RULES["temperature_zones"][2] == 8
+    assert edgefleet.device_config_max("publish_interval_s") == devconfig._RULES["publish_interval_s"][2]
+
+
+def test_device_config_max_refuses_a_setting_without_a_number():
+    with pytest.raises(AnsibleFilterError, match="'ntp_server' is not a numeric device setting"):
+        edgefleet.device_config_max("ntp_server")
+    with pytest.raises(AnsibleFilterError, match="'temperature_zone' is not a numeric device setting"):
+        edgefleet.device_config_max("temperature_zone")

@@ -60,7 +60,7 @@ def dashboards():
 
 def documented_metrics():
     text = (ROOT / "docs" / "metrics.md").read_text()
-    return set(re.findall(r"`((?:edgefleet|mosquitto|mqtt2prometheus|probe)_[a-z0-9_]+)`", text))
+    return set(re.findall(r"`((?:edgefleet|mosquitto|mqtt2prometheus|probe)_[a-z0-9_]+|edgefleet:[a-z0-9_]+)`", text))
 
 
 # --- grafana.ini ----------------------------------------------------------------
@@ -222,9 +222,74 @@ def test_every_panel_names_a_provisioned_datasource(tmp_path):
             assert panel["targets"], (name, panel["title"])
             for target in panel["targets"]:
                 assert target["datasource"]["uid"] in provisioned, (name, panel["title"])
-                assert target["expr"].strip(), (name, panel["title"])
+                query = target["expr"] if target["datasource"]["type"] == "prometheus" else target["query"]
+                assert query.strip(), (name, panel["title"])
         for var in promqueries.template_variables(dash):
             assert var["datasource"] in provisioned, (name, var["name"])
+
+
+def history_panels(dash):
+    return [p for p in promqueries.iter_panels(dash)
+            if p["type"] != "row" and p["datasource"]["uid"] == "edgefleet-influxdb"]
+
+
+def telegraf_columns():
+    """Fields and tags of the measurement Telegraf writes (roles/telegraf, rendered)."""
+    ctx = role_vars("telegraf", {"edgefleet_site": "lab", "edgefleet_secrets_dir": "/nonexistent"})
+    fields = {f["rename"] for f in value(ctx, "_telegraf_fields")}
+    tags = {t["rename"] for t in value(ctx, "_telegraf_tags")} | {"site", "kind"}  # + topic_parsing's
+    return value(ctx, "telegraf_measurement"), fields, tags
+
+
+def test_fleet_and_device_dashboards_show_the_history_from_influxdb(tmp_path):
+    """Long-range panels on the InfluxDB data source, in InfluxQL (InfluxDB
+    1.x), reading the measurement, fields and tags Telegraf writes."""
+    measurement, fields, tags = telegraf_columns()
+    assert measurement == "telemetry" and {"voltage_a", "temperature_zone_7", "seq"} <= fields
+    influx = next(d for d in rendered_yaml("datasources.yaml.j2", grafana_vars(tmp_path, grafana_influxdb_major="1"))
+                  ["datasources"] if d["uid"] == "edgefleet-influxdb")
+    assert influx["type"] == "influxdb" and "dbName" in influx["jsonData"]  # InfluxQL, not Flux
+    for name in ("edgefleet-fleet.json", "edgefleet-device.json"):
+        panels = history_panels(dashboards()[name])
+        assert len(panels) >= 3, name
+        for panel in panels:
+            days = re.fullmatch(r"([0-9]+)d", panel.get("timeFrom", ""))
+            assert days and int(days.group(1)) >= 7, (name, panel["title"], "not a long range")
+            for target in panel["targets"]:
+                q = target["query"]
+                assert target["datasource"] == {"type": "influxdb", "uid": "edgefleet-influxdb"}
+                assert target["rawQuery"] is True and q.startswith("SELECT "), (name, panel["title"])
+                assert re.search(r'\bFROM "%s" WHERE ' % measurement, q), (name, panel["title"], q)
+                assert "$timeFilter" in q and "GROUP BY time($__interval)" in q, (name, panel["title"])
+                used = set(re.findall(r'\b(?:mean|max|min|count|last)\("(\w+)"\)', q))
+                assert used and used <= fields, (name, panel["title"], used - fields)
+                filtered = set(re.findall(r'"(\w+)" =~ /', q)) | set(re.findall(r', "(\w+)"', q))
+                assert filtered <= tags, (name, panel["title"], filtered - tags)
+                dash_vars = {v["name"] for v in promqueries.template_variables(dashboards()[name])}
+                assert set(re.findall(r"\$(\w+)\$/", q)) <= dash_vars, (name, panel["title"])
+    device = " ".join(t["query"] for p in history_panels(dashboards()["edgefleet-device.json"]) for t in p["targets"])
+    assert {f"temperature_zone_{i}" for i in range(8)} <= set(re.findall(r'"(\w+)"', device))
+    assert '"device_id" =~ /^$device_id$/' in device
+
+
+@pytest.mark.parametrize("overrides,kept", [
+    ({"grafana_influxdb_major": "1"}, True),
+    ({"grafana_influxdb_major": "2"}, False),  # Flux: no InfluxQL panels
+    ({"grafana_influxdb_major": "1", "grafana_influxdb_enabled": False}, False),
+])
+def test_the_history_panels_are_staged_only_with_an_influxql_datasource(tmp_path, overrides, kept):
+    import edgefleet
+
+    assert value(grafana_vars(tmp_path, **overrides), "_grafana_influxql") is kept
+    for name in ("edgefleet-fleet.json", "edgefleet-device.json"):
+        text = (ROLE / "files" / "dashboards" / name).read_text()
+        stripped = json.loads(edgefleet.dashboard_without_datasource(text, "edgefleet-influxdb"))
+        assert not history_panels(stripped) and not [p for p in stripped["panels"] if p["type"] == "row"]
+        assert len(stripped["panels"]) == len(json.loads(text)["panels"]) - len(history_panels(json.loads(text))) - 1
+    tasks = yaml.safe_load((ROLE / "tasks" / "main.yml").read_text())
+    stage = next(t for t in tasks if t["name"] == "Stage the edgefleet dashboards")
+    assert "dashboard_without_datasource(_grafana_datasource_uids.influxdb)" in stage["ansible.builtin.copy"]["content"]
+    assert "_grafana_influxql" in stage["ansible.builtin.copy"]["content"]
 
 
 def test_template_variables():
@@ -264,6 +329,22 @@ def test_every_dashboard_expression_is_promql(tmp_path):
     result = subprocess.run(["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True)
     assert result.returncode == 0 and "FAILED" not in result.stderr, (result.stderr, origins)
     assert "SUCCESS: %d rules found" % len(rules) in result.stdout
+
+
+def test_last_report_is_when_the_controller_received_telemetry_not_the_device_clock():
+    """How long ago a device reported is Prometheus's record of when the
+    controller received its telemetry (roles/prometheus); the device's clock
+    (ts: unset until NTP answers, maybe skewed) is no panel's age."""
+    ages = {(q["dashboard"], q["panel"], q["ref"]): q["expr"] for q in promqueries.dashboard_queries()
+            if "time() -" in q["expr"].replace("time()-", "time() -")}
+    assert set(ages) >= {("edgefleet-device", "Last report", "A"), ("edgefleet-fleet", "Reporting (last 60 s)", "A"),
+                         ("edgefleet-fleet", "Devices", "B")}
+    for where in (("edgefleet-device", "Last report", "A"), ("edgefleet-fleet", "Reporting (last 60 s)", "A"),
+                  ("edgefleet-fleet", "Devices", "B")):
+        assert "time() - " in ages[where] and promqueries.metric_names(ages[where]) == [
+            "edgefleet:telemetry_last_seen_timestamp_seconds"], where
+    for q in promqueries.dashboard_queries():
+        assert "edgefleet_telemetry_timestamp_seconds" not in q["expr"], (q["dashboard"], q["panel"])
 
 
 def test_dashboards_use_only_documented_metrics_and_labels():

@@ -87,7 +87,7 @@ def test_staged_tree_passes_the_roles_own_checks(tmp_path):
         assert result.returncode == 0, f"{argv}:\n{result.stdout}\n{result.stderr}"
     # promtool checked the staged rules and discovery file, not live ones
     out = run(["promtool", "check", "config", str(live(tmp_path, "/etc/prometheus/prometheus.yml"))]).stdout
-    assert "SUCCESS: 1 rule files found" in out and "9 rules found" in out
+    assert "SUCCESS: 1 rule files found" in out and "10 rules found" in out  # 9 alerts, 1 recording rule
     assert "WARNING" not in out, out
 
 
@@ -173,10 +173,12 @@ def relabel(configs, labels):
 
 
 @pytest.mark.parametrize("topic,expected", [
-    ("site/lab/psu/psu-ktcyat68/state", {"site": "lab", "kind": "psu", "device_id": "psu-ktcyat68"}),
-    ("site/lab/env/env-yy1ka51y/status", {"site": "lab", "kind": "env", "device_id": "env-yy1ka51y"}),
-    ("site/lab/oven/oven-tvcft64q/ota", {"site": "lab", "kind": "oven", "device_id": "oven-tvcft64q"}),
-    ("site/lab/oven/oven-tvcft64q/cfg/ack", {"site": "lab", "kind": "oven", "device_id": "oven-tvcft64q"}),
+    ("site/lab/psu/psu-ktcyat68/state", {"site": "lab", "kind": "psu", "device_id": "psu-ktcyat68", "channel": "state"}),
+    ("site/lab/env/env-yy1ka51y/status",
+     {"site": "lab", "kind": "env", "device_id": "env-yy1ka51y", "channel": "status"}),
+    ("site/lab/oven/oven-tvcft64q/ota", {"site": "lab", "kind": "oven", "device_id": "oven-tvcft64q", "channel": "ota"}),
+    ("site/lab/oven/oven-tvcft64q/cfg/ack",
+     {"site": "lab", "kind": "oven", "device_id": "oven-tvcft64q", "channel": "cfg/ack"}),
 ])
 def test_telemetry_topic_becomes_device_labels(tmp_path, topic, expected):
     rules = job(prometheus_config(tmp_path), "edgefleet_telemetry")["metric_relabel_configs"]
@@ -184,6 +186,29 @@ def test_telemetry_topic_becomes_device_labels(tmp_path, topic, expected):
                           "job": "edgefleet_telemetry", "instance": "127.0.0.1:9641"})
     assert got == {"__name__": "edgefleet_telemetry_seq", "job": "edgefleet_telemetry",
                    "instance": "127.0.0.1:9641", **expected}
+
+
+def test_series_of_different_channels_stay_apart(tmp_path):
+    """The exporter applies every mapping to every message: the same metric
+    name can come from a device's state, status and ota topics at once (and
+    its own received_messages counts every topic). What the exporter tells
+    apart by topic must stay apart once topic is dropped."""
+    rules = job(prometheus_config(tmp_path), "edgefleet_telemetry")["metric_relabel_configs"]
+    exposed = []
+    for device in DEVICES:
+        kind = device.split("-")[0]
+        for channel in ("state", "status", "ota"):
+            topic = f"site/lab/{kind}/{device}/{channel}"
+            for name in ("edgefleet_ota_failed", "edgefleet_device_online", "edgefleet_telemetry_seq"):
+                exposed.append({"__name__": name, "topic": topic, "sensor": device})
+            exposed.append({"__name__": "received_messages", "topic": topic, "status": "success"})
+    kept = [relabel(rules, dict(labels, job="edgefleet_telemetry", instance="127.0.0.1:9641")) for labels in exposed]
+    assert all("topic" not in k and "sensor" not in k for k in kept)
+    label_sets = [tuple(sorted(k.items())) for k in kept]
+    collapsed = len(label_sets) - len(set(label_sets))
+    assert not collapsed, f"{collapsed} series collapse into others once topic is dropped"
+    ota = [k for k in kept if k["__name__"] == "edgefleet_ota_failed" and k["device_id"] == "psu-ktcyat68"]
+    assert sorted(k["channel"] for k in ota) == ["ota", "state", "status"]
 
 
 def test_broker_job_has_no_device_labels(tmp_path):
@@ -408,6 +433,51 @@ def alerts(tmp_path, **overrides):
     return {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
 
 
+def records(tmp_path, **overrides):
+    rules = yaml.safe_load(rules_file(tmp_path, **overrides).read_text())
+    return {r["record"]: r for g in rules["groups"] for r in g["rules"] if "record" in r}
+
+
+RECEIVED = 'received_messages{job="edgefleet_telemetry", channel="state", status="success"}'
+
+
+def last_seen_expr(window):
+    return (
+        f"( max by (site, kind, device_id) ( changes({RECEIVED}[{window}]) > 0 or "
+        f"( ({RECEIVED} unless {RECEIVED} offset {window}) "
+        f'and on(job, instance) (up{{job="edgefleet_telemetry"}} offset {window} == 1) ) ) * 0 + time() ) '
+        "or edgefleet:telemetry_last_seen_timestamp_seconds "
+        f"or (max by (site, kind, device_id) ({RECEIVED}) * 0 + time())")
+
+
+def test_last_seen_is_recorded_from_the_message_count_not_the_device_clock(tmp_path):
+    """When the controller last received telemetry: the exporter's message
+    count on the state topic, one series per device, carried forward, and
+    recorded before the alert that reads it (same group, earlier)."""
+    rules = yaml.safe_load(rules_file(tmp_path).read_text())
+    (group,) = [g for g in rules["groups"] if any(r.get("alert") == "EdgefleetTelemetryStale" for r in g["rules"])]
+    names = [r.get("record") or r.get("alert") for r in group["rules"]]
+    assert names.index("edgefleet:telemetry_last_seen_timestamp_seconds") < names.index("EdgefleetTelemetryStale")
+    expr = " ".join(records(tmp_path)["edgefleet:telemetry_last_seen_timestamp_seconds"]["expr"].split())
+    assert expr == last_seen_expr("45s")
+    assert "timestamp_seconds" not in expr.replace("edgefleet:telemetry_last_seen_timestamp_seconds", "")
+    stale = alerts(tmp_path)["EdgefleetTelemetryStale"]["expr"]
+    assert "edgefleet_telemetry_timestamp_seconds" not in stale
+
+
+@pytest.mark.parametrize("scrape,evaluation,window", [
+    ("15s", "15s", "45s"), ("30s", "1m", "120s"), ("1m30s", "500ms", "180500ms")])
+def test_last_seen_window_spans_two_scrapes_and_an_evaluation(tmp_path, scrape, evaluation, window):
+    """Both samples of a change (before, after) must fall in the window of
+    some evaluation: 2 scrape intervals + 1 evaluation interval."""
+    expr = " ".join(records(tmp_path, prometheus_scrape_interval=scrape, prometheus_evaluation_interval=evaluation)[
+        "edgefleet:telemetry_last_seen_timestamp_seconds"]["expr"].split())
+    assert expr == last_seen_expr(window)
+    result = run(["promtool", "check", "rules", str(rules_file(tmp_path, prometheus_scrape_interval=scrape,
+                                                                prometheus_evaluation_interval=evaluation))])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_alerts_have_severity_and_name_device_or_site(tmp_path):
     found = alerts(tmp_path)
     assert set(found) == {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
@@ -428,22 +498,44 @@ def test_alerts_have_severity_and_name_device_or_site(tmp_path):
 def test_alert_expressions(tmp_path):
     found = alerts(tmp_path)
     assert found["EdgefleetDeviceOffline"]["expr"] == "edgefleet_device_online == 0"
-    assert found["EdgefleetRolloutFailed"]["expr"] == "edgefleet_ota_failed == 1"
+    assert " ".join(found["EdgefleetRolloutFailed"]["expr"].split()) == (
+        "(edgefleet_ota_failed == 1) and on(site, kind, device_id) "
+        "( min_over_time(edgefleet_ota_failed[1h]) == 0 "
+        "or (edgefleet_ota_failed unless edgefleet_ota_failed offset 1h) )")
     assert found["EdgefleetBrokerDroppingMessages"]["expr"] == "increase(mosquitto_publish_dropped_total[5m]) > 0"
     assert " ".join(found["EdgefleetTelemetryStale"]["expr"].split()) == (
         "(edgefleet_device_online == 1) unless on(site, kind, device_id) "
-        "(time() - timestamp(edgefleet_telemetry_seq) < 60)")
+        "( time() - edgefleet:telemetry_last_seen_timestamp_seconds < on(site, kind, device_id) "
+        "( 3 * (edgefleet_device_publish_interval_seconds or on(site, kind, device_id) "
+        "(edgefleet_device_online * 0 + 5)) + 45 ) )")
     assert found["EdgefleetCertificateExpiring"]["expr"] == "probe_ssl_earliest_cert_expiry - time() < 21 * 86400"
     assert found["EdgefleetDeviceOffline"]["for"] == "2m"
+
+
+def test_every_alert_waits_before_it_fires(tmp_path):
+    """No alert fires on the first evaluation that matches: each has a
+    `for` longer than zero (the promtool tests hold that they do not fire
+    before it, and that each clears when its cause stops)."""
+    seconds = {"s": 1, "m": 60, "h": 3600}
+    for name, rule in alerts(tmp_path).items():
+        assert "for" in rule, f"{name} has no for"
+        m = re.fullmatch(r"([0-9]+)([smh])", str(rule["for"]))
+        assert m and int(m.group(1)) * seconds[m.group(2)] > 0, f"{name}: for {rule['for']!r}"
 
 
 def test_thresholds_are_variables(tmp_path):
     found = alerts(tmp_path, prometheus_alert_temperature_margin_celsius=7.5, prometheus_alert_cert_expiry_days=30,
                    prometheus_alert_telemetry_stale_intervals=4, prometheus_telemetry_publish_interval_seconds=10,
-                   prometheus_alert_device_offline_for="0s", prometheus_alert_broker_down_for="3m")
+                   prometheus_alert_telemetry_stale_grace_seconds=20, prometheus_alert_device_offline_for="0s",
+                   prometheus_alert_broker_down_for="3m", prometheus_alert_rollout_failed_window="6h",
+                   prometheus_alert_rollout_failed_for="2m", prometheus_alert_broker_dropping_for="10m")
     assert "(edgefleet_telemetry_setpoint_celsius + 7.5)" in found["EdgefleetTemperatureOverSetpoint"]["expr"]
     assert "< 30 * 86400" in found["EdgefleetCertificateExpiring"]["expr"]
-    assert "< 40)" in found["EdgefleetTelemetryStale"]["expr"]
+    stale = " ".join(found["EdgefleetTelemetryStale"]["expr"].split())
+    assert "( 4 * (edgefleet_device_publish_interval_seconds" in stale and "* 0 + 10)) + 20 )" in stale
+    assert "[6h]" in found["EdgefleetRolloutFailed"]["expr"] and "offset 6h" in found["EdgefleetRolloutFailed"]["expr"]
+    assert found["EdgefleetRolloutFailed"]["for"] == "2m"
+    assert found["EdgefleetBrokerDroppingMessages"]["for"] == "10m"
     assert found["EdgefleetDeviceOffline"]["for"] == "0s"
     assert found["EdgefleetBrokerDown"]["for"] == "3m"
     result = run(["promtool", "check", "rules", str(rules_file(tmp_path))])
@@ -454,9 +546,10 @@ def test_alerts_use_only_documented_metrics(tmp_path):
     """docs/metrics.md is the metric-name contract."""
     documented = (ROOT / "docs/metrics.md").read_text()
     names = set()
-    for rule in alerts(tmp_path).values():
-        names |= set(re.findall(r"\b((?:edgefleet|mosquitto|mqtt2prometheus|probe)_[a-z0-9_]+)", rule["expr"]))
-    assert names
+    for rule in list(alerts(tmp_path).values()) + list(records(tmp_path).values()):
+        names |= set(re.findall(r"\b((?:edgefleet|mosquitto|mqtt2prometheus|probe)_[a-z0-9_]+|edgefleet:[a-z0-9_]+"
+                                r"|received_messages)", rule["expr"]))
+    assert {"received_messages", "edgefleet:telemetry_last_seen_timestamp_seconds"} <= names
     missing = sorted(n for n in names if f"`{n}`" not in documented)
     assert not missing, f"metrics not in docs/metrics.md: {missing}"
 
