@@ -9,20 +9,14 @@ the WRITE grant (403) and a missing database (404); a good user's point is
 read back by the role and by the test. InfluxDB 2.x is not available here:
 that branch of the task file is not run by these tests."""
 
-import base64
 import json
 import os
 import pathlib
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import pytest
+from influxd import Influx, find_influxd, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PLAY = """
@@ -46,90 +40,16 @@ DB = "edgefleet"
 
 @pytest.fixture(scope="module")
 def influxd_binary(tmp_path_factory):
-    found = shutil.which("influxd")
-    if found:
-        return found
-    if not shutil.which("apt-get"):
-        pytest.skip("no influxd on PATH and no apt-get to fetch Debian's influxdb package")
-    where = tmp_path_factory.mktemp("influxdb-deb")
-    got = subprocess.run(["apt-get", "download", "influxdb"], cwd=where, capture_output=True, text=True,
-                         timeout=300)
-    debs = list(where.glob("influxdb_*.deb"))
-    if got.returncode != 0 or not debs:
-        pytest.skip(f"no influxd on PATH and `apt-get download influxdb` failed: {got.stderr.strip()[-300:]}")
-    subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(where / "x")], check=True, timeout=120)
-    return str(where / "x" / "usr" / "bin" / "influxd")
+    found, why = find_influxd(tmp_path_factory.mktemp("influxdb-deb"))
+    if not found:
+        pytest.skip(why)
+    return found
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Influx:
-    """A foreground influxd with auth on; query() as the admin over HTTP."""
-
-    def __init__(self, binary, where):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        conf = where / "influxdb.conf"
-        conf.write_text(f"""reporting-disabled = true
-bind-address = "127.0.0.1:{free_port()}"
-[meta]
-  dir = "{where}/meta"
-[data]
-  dir = "{where}/data"
-  wal-dir = "{where}/wal"
-  query-log-enabled = false
-[monitor]
-  store-enabled = false
-[http]
-  bind-address = "127.0.0.1:{self.port}"
-  auth-enabled = true
-  log-enabled = false
-""")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
-        self.log = open(where / "influxd.log", "wb")
-        self.proc = subprocess.Popen([binary, "run", "-config", str(conf)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/ping", timeout=2) as r:
-                    if r.status == 204:
-                        break
-            except OSError:
-                pass
-            assert self.proc.poll() is None, (where / "influxd.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "influxd did not answer /ping within 60 s"
-            time.sleep(0.2)
-
-    def query(self, q, user=ADMIN, password=ADMIN_PW, db=None):
-        data = {"q": q, **({"db": db} if db else {})}
-        req = urllib.request.Request(self.url + "/query", data=urllib.parse.urlencode(data).encode(), method="POST")
-        if user:
-            token = base64.b64encode(f"{user}:{password}".encode()).decode()
-            req.add_header("Authorization", "Basic " + token)
-        with urllib.request.urlopen(req, timeout=10) as r:
-            out = json.load(r)
-        errors = [res["error"] for res in out["results"] if "error" in res]
-        assert not errors, (q, errors)
-        return out
-
-    def points(self, db=DB):
-        out = self.query('SELECT "nonce", "user", "host" FROM "edgefleet_write_check"', db=db)
-        series = out["results"][0].get("series", [])
-        return [dict(zip(s["columns"], v)) for s in series for v in s["values"]]
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+def points(server, db=DB):
+    out = server.query('SELECT "nonce", "user", "host" FROM "edgefleet_write_check"', db=db)
+    series = out["results"][0].get("series", [])
+    return [dict(zip(s["columns"], v)) for s in series for v in s["values"]]
 
 
 def quote(pw):
@@ -138,7 +58,7 @@ def quote(pw):
 
 @pytest.fixture(scope="module")
 def influx(influxd_binary, tmp_path_factory):
-    server = Influx(influxd_binary, tmp_path_factory.mktemp("influxd"))
+    server = Influx(influxd_binary, tmp_path_factory.mktemp("influxd"), admin=(ADMIN, ADMIN_PW))
     try:
         # the first user of a server with auth on must be an admin, and needs no login
         server.query(f"CREATE USER \"{ADMIN}\" WITH PASSWORD '{quote(ADMIN_PW)}' WITH ALL PRIVILEGES", user=None)
@@ -174,19 +94,19 @@ def play(tmp_path, influx_url, *args, **extra):
 
 
 def test_telegrafs_credentials_write_and_the_point_is_read_back(tmp_path, influx):
-    before = len(influx.points())
+    before = len(points(influx))
     rc, out, recap, raw = play(tmp_path, influx.url)
     assert rc == 0, raw[-4000:]
     assert "InfluxDB write check passed: 'telegraf' wrote edgefleet_write_check" in out, raw[-6000:]
     assert "to database 'edgefleet' and it was read back" in out
-    points = influx.points()
-    assert len(points) == before + 1
-    assert points[-1]["host"] == "ctl01" and points[-1]["user"] == "telegraf"
-    assert points[-1]["nonce"] in out
+    got = points(influx)
+    assert len(got) == before + 1
+    assert got[-1]["host"] == "ctl01" and got[-1]["user"] == "telegraf"
+    assert got[-1]["nonce"] in out
     # a probe, not a change: a second run (secrets directories made) changes nothing
     rc, out, recap, raw = play(tmp_path, influx.url)
     assert rc == 0 and "changed=0" in recap, recap
-    assert len(influx.points()) == before + 2
+    assert len(points(influx)) == before + 2
     # no credential in the output
     for secret in (ADMIN_PW, USERS["telegraf"][0]):
         assert secret not in raw
@@ -235,13 +155,13 @@ def test_read_back_with_a_wrong_admin_password_fails(tmp_path, influx):
 
 
 def test_check_mode_writes_nothing(tmp_path, influx):
-    before = len(influx.points())
+    before = len(points(influx))
     rc, out, recap, raw = play(tmp_path, influx.url, "--check",
                                telegraf_influxdb_passwords={ADMIN: ADMIN_PW, "telegraf": "not-the-password"})
     assert rc == 0, raw[-3000:]
     assert "SKIPPED: InfluxDB write check of user 'telegraf' on database edgefleet" in out
     assert "check mode writes nothing" in out
-    assert len(influx.points()) == before
+    assert len(points(influx)) == before
 
 
 def test_the_check_can_be_turned_off(tmp_path, influx):

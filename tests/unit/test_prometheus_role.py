@@ -22,7 +22,10 @@ TOOLS = ("promtool", "amtool", "prometheus-blackbox-exporter")
 DEVICES = ["psu-ktcyat68", "env-yy1ka51y", "oven-tvcft64q"]
 DEVICE_ALERTS = {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
                  "EdgefleetRolloutFailed", "EdgefleetDeviceTlsMemoryLow"}
-JOBS = ["prometheus", "node", "alertmanager", "edgefleet_telemetry", "mosquitto", "edgefleet_devices", "blackbox_tls"]
+JOBS = ["prometheus", "node", "alertmanager", "edgefleet_telemetry", "mosquitto", "edgefleet_devices", "blackbox_tls",
+        "blackbox_influxdb", "telegraf"]
+HISTORY_ALERTS = {"EdgefleetInfluxdbDown", "EdgefleetTelegrafDown", "EdgefleetTelegrafWriteErrors",
+                  "EdgefleetTelegrafBufferFilling"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,6 +44,10 @@ def inventory(**overrides):
                      "env-yy1ka51y": {}, "oven-tvcft64q": {}},
         "site_ca_cert_path": "/nonexistent/controller/ca.crt",
         "_prometheus_group": "prometheus",
+        # the whole site: the influxdb and telegraf roles are in the play
+        "influxdb_major": "1",
+        "influxdb_url": "http://127.0.0.1:8086",
+        "telegraf_prometheus_port": 9273,
     })
     ctx.update(overrides)
     return ctx
@@ -87,7 +94,7 @@ def test_staged_tree_passes_the_roles_own_checks(tmp_path):
         assert result.returncode == 0, f"{argv}:\n{result.stdout}\n{result.stderr}"
     # promtool checked the staged rules and discovery file, not live ones
     out = run(["promtool", "check", "config", str(live(tmp_path, "/etc/prometheus/prometheus.yml"))]).stdout
-    assert "SUCCESS: 1 rule files found" in out and "9 rules found" in out
+    assert "SUCCESS: 1 rule files found" in out and "13 rules found" in out
     assert "WARNING" not in out, out
 
 
@@ -374,7 +381,7 @@ def test_alertmanager_email_and_webhook(tmp_path):
     path = live(tmp_path, "/etc/prometheus/alertmanager.yml")
     result = run(["amtool", "check-config", str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 receivers" in result.stdout and "2 inhibit rules" in result.stdout
+    assert "2 receivers" in result.stdout and "3 inhibit rules" in result.stdout
     config = yaml.safe_load(path.read_text())
     assert config["global"]["resolve_timeout"] == "5m" and config["global"]["smtp_auth_password"] == "s3cret"
     assert "NOWHERE" not in path.read_text()
@@ -413,7 +420,7 @@ def test_alerts_have_severity_and_name_device_or_site(tmp_path):
     assert set(found) == {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
                           "EdgefleetRolloutFailed", "EdgefleetBrokerDown", "EdgefleetExporterDown",
                           "EdgefleetBrokerDroppingMessages", "EdgefleetCertificateExpiring",
-                          "EdgefleetDeviceTlsMemoryLow"}
+                          "EdgefleetDeviceTlsMemoryLow"} | HISTORY_ALERTS
     for name, rule in found.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         summary, description = rule["annotations"]["summary"], rule["annotations"]["description"]
@@ -455,7 +462,7 @@ def test_alerts_use_only_documented_metrics(tmp_path):
     documented = (ROOT / "docs/metrics.md").read_text()
     names = set()
     for rule in alerts(tmp_path).values():
-        names |= set(re.findall(r"\b((?:edgefleet|mosquitto|mqtt2prometheus|probe)_[a-z0-9_]+)", rule["expr"]))
+        names |= set(re.findall(r"\b((?:edgefleet|mosquitto|mqtt2prometheus|probe|internal)_[a-z0-9_]+)", rule["expr"]))
     assert names
     missing = sorted(n for n in names if f"`{n}`" not in documented)
     assert not missing, f"metrics not in docs/metrics.md: {missing}"
