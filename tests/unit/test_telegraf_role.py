@@ -428,3 +428,15 @@ def test_a_telegraf_without_retriable_broker_startup_is_refused(tmp_path):
     assert rc != 0
     assert "telegraf_version ('1.31.3') must be 1.32.0 or later" in out
     assert "Nothing was changed" in out
+
+
+def test_write_check_runs_before_anything_changes_on_the_host():
+    import yaml
+    tasks = yaml.safe_load((ROOT / "roles/telegraf/tasks/main.yml").read_text())
+    names = [t.get("ansible.builtin.import_tasks") or t.get("ansible.builtin.include_role", {}).get("tasks_from")
+             or t["name"] for t in tasks]
+    assert names.index("write_check.yml") == names.index("credentials.yml") + 1
+    assert names.index("write_check.yml") < names.index("install.yml") < names.index("apply")
+    check = yaml.safe_load((ROOT / "roles/telegraf/tasks/write_check.yml").read_text())
+    (block,) = [t for t in check if "block" in t]
+    assert "not ansible_check_mode" in block["when"]
