@@ -22,7 +22,10 @@ TOOLS = ("promtool", "amtool", "prometheus-blackbox-exporter")
 DEVICES = ["psu-ktcyat68", "env-yy1ka51y", "oven-tvcft64q"]
 DEVICE_ALERTS = {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
                  "EdgefleetRolloutFailed", "EdgefleetDeviceTlsMemoryLow"}
-JOBS = ["prometheus", "node", "alertmanager", "edgefleet_telemetry", "mosquitto", "edgefleet_devices", "blackbox_tls"]
+JOBS = ["prometheus", "node", "alertmanager", "edgefleet_telemetry", "mosquitto", "edgefleet_devices", "blackbox_tls",
+        "blackbox_influxdb", "telegraf"]
+HISTORY_ALERTS = {"EdgefleetInfluxdbDown", "EdgefleetTelegrafDown", "EdgefleetTelegrafWriteErrors",
+                  "EdgefleetTelegrafBufferFilling"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,6 +44,10 @@ def inventory(**overrides):
                      "env-yy1ka51y": {}, "oven-tvcft64q": {}},
         "site_ca_cert_path": "/nonexistent/controller/ca.crt",
         "_prometheus_group": "prometheus",
+        # the whole site: the influxdb and telegraf roles are in the play
+        "influxdb_major": "1",
+        "influxdb_url": "http://127.0.0.1:8086",
+        "telegraf_prometheus_port": 9273,
     })
     ctx.update(overrides)
     return ctx
@@ -87,7 +94,7 @@ def test_staged_tree_passes_the_roles_own_checks(tmp_path):
         assert result.returncode == 0, f"{argv}:\n{result.stdout}\n{result.stderr}"
     # promtool checked the staged rules and discovery file, not live ones
     out = run(["promtool", "check", "config", str(live(tmp_path, "/etc/prometheus/prometheus.yml"))]).stdout
-    assert "SUCCESS: 1 rule files found" in out and "10 rules found" in out  # 9 alerts, 1 recording rule
+    assert "SUCCESS: 1 rule files found" in out and "14 rules found" in out  # 13 alerts, 1 recording rule
     assert "WARNING" not in out, out
 
 
@@ -399,7 +406,7 @@ def test_alertmanager_email_and_webhook(tmp_path):
     path = live(tmp_path, "/etc/prometheus/alertmanager.yml")
     result = run(["amtool", "check-config", str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 receivers" in result.stdout and "2 inhibit rules" in result.stdout
+    assert "2 receivers" in result.stdout and "3 inhibit rules" in result.stdout
     config = yaml.safe_load(path.read_text())
     assert config["global"]["resolve_timeout"] == "5m" and config["global"]["smtp_auth_password"] == "s3cret"
     assert "NOWHERE" not in path.read_text()
@@ -483,7 +490,7 @@ def test_alerts_have_severity_and_name_device_or_site(tmp_path):
     assert set(found) == {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
                           "EdgefleetRolloutFailed", "EdgefleetBrokerDown", "EdgefleetExporterDown",
                           "EdgefleetBrokerDroppingMessages", "EdgefleetCertificateExpiring",
-                          "EdgefleetDeviceTlsMemoryLow"}
+                          "EdgefleetDeviceTlsMemoryLow"} | HISTORY_ALERTS
     for name, rule in found.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         summary, description = rule["annotations"]["summary"], rule["annotations"]["description"]
@@ -547,8 +554,8 @@ def test_alerts_use_only_documented_metrics(tmp_path):
     documented = (ROOT / "docs/metrics.md").read_text()
     names = set()
     for rule in list(alerts(tmp_path).values()) + list(records(tmp_path).values()):
-        names |= set(re.findall(r"\b((?:edgefleet|mosquitto|mqtt2prometheus|probe)_[a-z0-9_]+|edgefleet:[a-z0-9_]+"
-                                r"|received_messages)", rule["expr"]))
+        names |= set(re.findall(r"\b((?:edgefleet|mosquitto|mqtt2prometheus|probe|internal)_[a-z0-9_]+"
+                                r"|edgefleet:[a-z0-9_]+|received_messages)", rule["expr"]))
     assert {"received_messages", "edgefleet:telemetry_last_seen_timestamp_seconds"} <= names
     missing = sorted(n for n in names if f"`{n}`" not in documented)
     assert not missing, f"metrics not in docs/metrics.md: {missing}"
@@ -584,3 +591,119 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test(tmp_path):
     assert not names - firing, f"alerts with no firing unit test: {sorted(names - firing)}"
     assert not names - quiet, f"alerts with no not-firing unit test: {sorted(names - quiet)}"
     assert not (firing | quiet) - names, f"unit tests of unknown alerts: {sorted((firing | quiet) - names)}"
+
+
+# --- the history path (issue 21): Telegraf's health and InfluxDB's probe -----
+
+def test_history_jobs_follow_what_the_site_has(tmp_path):
+    """Telegraf scraped and InfluxDB probed only when they are part of the
+    site (their roles' variables), Telegraf not where its package could not
+    be had (the role's fact telegraf_available false); the staged tree
+    passes the role's checks either way."""
+    full = prometheus_config(tmp_path / "full")
+    assert job(full, "telegraf")["static_configs"] == [{"targets": ["127.0.0.1:9273"]}]
+    bare_ctx = inventory()
+    for name in ("influxdb_major", "influxdb_url", "telegraf_prometheus_port"):
+        bare_ctx.pop(name)
+    for ctx, jobs, group in [
+        (bare_ctx, [], False),
+        (inventory(telegraf_available=False), ["blackbox_influxdb"], True),
+        (inventory(telegraf_prometheus_port=19273, telegraf_prometheus_listen_address="::1"),
+         ["blackbox_influxdb", "telegraf"], True),
+    ]:
+        where = tmp_path / str(len(jobs)) / str(id(ctx))
+        staged, _ = stage(where, ctx)
+        config = yaml.safe_load(live(where, "/etc/prometheus/prometheus.yml").read_text())
+        assert [j["job_name"] for j in config["scrape_configs"]] == JOBS[:7] + jobs
+        rules = yaml.safe_load(live(where, "/etc/prometheus/rules/edgefleet-alerts.yml").read_text())
+        assert ("edgefleet-history" in [g["name"] for g in rules["groups"]]) is group
+        for _, argv in checks(staged):
+            assert run(argv).returncode == 0, argv
+    config = yaml.safe_load(live(where, "/etc/prometheus/prometheus.yml").read_text())
+    assert job(config, "telegraf")["static_configs"] == [{"targets": ["[::1]:19273"]}]
+
+
+def test_history_group_is_the_last_one(tmp_path):
+    rules = yaml.safe_load(rules_file(tmp_path).read_text())
+    assert rules["groups"][-1]["name"] == "edgefleet-history"
+    assert {r["alert"] for r in rules["groups"][-1]["rules"]} == HISTORY_ALERTS
+    for r in rules["groups"][-1]["rules"]:
+        assert r["for"], r["alert"]
+
+
+def test_influxdb_probe_config(tmp_path):
+    config = prometheus_config(tmp_path, influxdb_url="http://127.0.0.1:18086")
+    bb = job(config, "blackbox_influxdb")
+    assert bb["metrics_path"] == "/probe" and bb["params"] == {"module": ["edgefleet_influxdb_ping"]}
+    assert bb["static_configs"] == [{"targets": ["http://127.0.0.1:18086/ping"]}]
+    got = relabel(bb["relabel_configs"], {"__address__": "http://127.0.0.1:18086/ping", "job": "blackbox_influxdb"})
+    assert got == {"__address__": "127.0.0.1:9115", "__param_target": "http://127.0.0.1:18086/ping",
+                   "instance": "http://127.0.0.1:18086/ping", "job": "blackbox_influxdb"}
+    module = yaml.safe_load(live(tmp_path, "/etc/prometheus/blackbox.yml").read_text())["modules"]["edgefleet_influxdb_ping"]
+    assert module["prober"] == "http" and module["http"]["valid_status_codes"] == [204]
+    # without the influxdb role's URL fact: loopback at its port
+    assert value(role_vars(ROLE, {"influxdb_http_port": 18087}), "prometheus_influxdb_ping_url") == \
+        "http://127.0.0.1:18087/ping"
+
+
+def test_buffer_threshold_follows_telegrafs_read_ahead(tmp_path):
+    assert float(value(inventory(), "prometheus_alert_telegraf_buffer_ratio")) == 0.05
+    found = alerts(tmp_path, telegraf_max_undelivered_messages=4000, telegraf_metric_buffer_limit=10000)
+    assert found["EdgefleetTelegrafBufferFilling"]["expr"].rstrip().endswith("> 0.2")
+
+
+@pytest.fixture(scope="module")
+def real_influxd(tmp_path_factory):
+    from influxd import Influx, find_influxd
+    binary, why = find_influxd(tmp_path_factory.mktemp("influxdb-deb"))
+    if not binary:
+        pytest.skip(why)
+    server = Influx(binary, tmp_path_factory.mktemp("influxd"))
+    yield server
+    server.stop()
+
+
+def test_the_probe_against_a_real_influxdb(tmp_path, real_influxd):
+    """Debian's blackbox exporter with the rendered blackbox.yml probes a real
+    InfluxDB 1.x's /ping through the rendered job's parameters: success
+    while it serves, failure once it is stopped."""
+    import urllib.parse
+    import urllib.request
+
+    from influxd import free_port
+
+    ctx, _ = stage(tmp_path, inventory(influxdb_url=real_influxd.url))
+    config = yaml.safe_load(live(tmp_path, "/etc/prometheus/prometheus.yml").read_text())
+    bb = job(config, "blackbox_influxdb")
+    (target,) = bb["static_configs"][0]["targets"]
+    port = free_port()
+    exporter = subprocess.Popen(["prometheus-blackbox-exporter",
+                                 f"--config.file={live(tmp_path, '/etc/prometheus/blackbox.yml')}",
+                                 f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def probe():
+        query = urllib.parse.urlencode({"module": bb["params"]["module"][0], "target": target})
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{bb['metrics_path']}?{query}", timeout=15) as r:
+            text = r.read().decode()
+        (line,) = [x for x in text.splitlines() if x.startswith("probe_success ")]
+        status = [x for x in text.splitlines() if x.startswith("probe_http_status_code ")]
+        return float(line.split()[1]), status
+
+    try:
+        import time
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ok, status = probe()
+                break
+            except OSError:
+                assert exporter.poll() is None and time.monotonic() < deadline, "blackbox exporter did not start"
+                time.sleep(0.2)
+        assert ok == 1.0 and status == ["probe_http_status_code 204"], status
+        real_influxd.stop()
+        ok, _ = probe()
+        assert ok == 0.0
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=20)

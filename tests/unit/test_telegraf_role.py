@@ -38,8 +38,21 @@ JSON_V2_OPTIONS = {"measurement_name", "tag", "field"}
 JSON_V2_DATASET_OPTIONS = {"path", "rename", "type", "optional"}
 JSON_V2_TYPES = {"int", "uint", "float", "string", "bool"}
 INFLUXDB_OPTIONS = {"urls", "database", "retention_policy", "skip_database_creation", "timeout", "username",
-                    "password"}
-INFLUXDB_V2_OPTIONS = {"urls", "organization", "bucket", "timeout", "token"}
+                    "password", "namepass"}
+INFLUXDB_V2_OPTIONS = {"urls", "organization", "bucket", "timeout", "token", "namepass"}
+# plugins/inputs/internal/internal.go and plugins/outputs/prometheus_client/
+# prometheus_client.go (toml tags) at v1.39.3; namepass and
+# startup_error_behavior are plugin options every plugin takes
+# (config/config.go: read in buildInput/buildOutput, and listed in
+# missingTomlField so no plugin reports them as unknown).
+INTERNAL_OPTIONS = {"collect_memstats", "collect_gostats", "per_instance"}
+PROMETHEUS_CLIENT_OPTIONS = {"listen", "read_timeout", "write_timeout", "metric_version", "basic_username",
+                             "basic_password", "ip_range", "expiration_interval", "path", "collectors_exclude",
+                             "string_as_label", "export_timestamp", "metric_types", "name_sanitization",
+                             "http_headers", "namepass"}
+MQTT_OPTIONS = MQTT_OPTIONS | {"startup_error_behavior"}
+# models/running_input.go Init() at v1.39.3
+STARTUP_ERROR_BEHAVIORS = {"error", "retry", "ignore", "probe"}
 
 
 def ctx(major="1", **overrides):
@@ -236,21 +249,21 @@ def test_device_clock_becomes_the_timestamp():
 
 def test_output_influxdb_1():
     c = conf("1")
-    assert set(c["outputs"]) == {"influxdb"}
+    assert set(c["outputs"]) == {"influxdb", "prometheus_client"}
     (o,) = c["outputs"]["influxdb"]
     assert set(o) <= INFLUXDB_OPTIONS
     assert o == {"urls": ["http://127.0.0.1:8086"], "database": "edgefleet", "retention_policy": "",
                  "skip_database_creation": True, "timeout": "5s", "username": "telegraf",
-                 "password": "influx-pw"}
+                 "password": "influx-pw", "namepass": ["telemetry"]}
 
 
 def test_output_influxdb_2():
     c = conf("2")
-    assert set(c["outputs"]) == {"influxdb_v2"}
+    assert set(c["outputs"]) == {"influxdb_v2", "prometheus_client"}
     (o,) = c["outputs"]["influxdb_v2"]
     assert set(o) <= INFLUXDB_V2_OPTIONS
     assert o == {"urls": ["http://127.0.0.1:8086"], "organization": "edgefleet", "bucket": "edgefleet",
-                 "timeout": "5s", "token": "tok-123"}
+                 "timeout": "5s", "token": "tok-123", "namepass": ["telemetry"]}
 
 
 def test_output_follows_the_influxdb_role():
@@ -264,7 +277,7 @@ def test_output_follows_the_influxdb_role():
 
 def test_no_top_level_tables_beyond_the_documented_ones():
     assert set(conf()) == {"agent", "inputs", "processors", "outputs"}
-    assert set(conf()["inputs"]) == {"mqtt_consumer"}
+    assert set(conf()["inputs"]) == {"mqtt_consumer", "internal"}
 
 
 def validate(tmp_path, **extra):
@@ -294,3 +307,136 @@ def test_without_the_broker_setting_mosquittos_own_default_is_assumed(tmp_path):
     assert rc != 0
     assert "mosquitto_max_inflight_messages (20" in out
     assert "assertion: (telegraf_max_undelivered_messages | int) <= (telegraf_broker_max_inflight_messages | int)" in out
+
+
+# --- the history path loses nothing silently (issue 21) ----------------------
+
+def test_broker_is_retried_at_start_and_after_a_reload():
+    """startup_error_behavior is a per-plugin option in v1.39.3 (not an agent
+    one): on mqtt_consumer, "retry" keeps Telegraf running while the broker
+    does not answer, instead of exiting (the default "error")."""
+    c = conf()
+    m = consumer(c)
+    assert m["startup_error_behavior"] == "retry"
+    assert m["startup_error_behavior"] in STARTUP_ERROR_BEHAVIORS
+    assert "startup_error_behavior" not in c["agent"]
+
+
+def test_option_names_of_the_health_plugins():
+    c = conf()
+    (internal,) = c["inputs"]["internal"]
+    assert set(internal) <= INTERNAL_OPTIONS
+    (prom,) = c["outputs"]["prometheus_client"]
+    assert set(prom) <= PROMETHEUS_CLIENT_OPTIONS
+    assert prom["metric_version"] in (1, 2)
+    assert set(prom["collectors_exclude"]) <= {"gocollector", "process"}
+
+
+def glob_match(pattern, name):
+    """Telegraf's filter globs (filter/filter.go, gobwas/glob): '*' any run of
+    characters, '?' one; no other syntax is used by the role."""
+    assert re.fullmatch(r"[A-Za-z0-9_*?]+", pattern), pattern
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), name) is not None
+
+
+def routed(c, name):
+    """The outputs a metric named *name* reaches (namepass only; the role uses no other filter)."""
+    out = set()
+    for plugin, instances in c["outputs"].items():
+        for o in instances:
+            if "namepass" not in o or any(glob_match(p, name) for p in o["namepass"]):
+                out.add(plugin)
+    return out
+
+
+@pytest.mark.parametrize("major, store", [("1", "influxdb"), ("2", "influxdb_v2")])
+def test_telemetry_goes_to_influxdb_only_and_health_to_prometheus_only(major, store):
+    c = conf(major)
+    assert routed(c, "telemetry") == {store}
+    # every measurement inputs.internal emits (plugins/inputs/internal/README.md, v1.39.3)
+    for name in ("internal_memstats", "internal_agent", "internal_gather", "internal_write",
+                 "internal_mqtt_consumer"):
+        assert routed(c, name) == {"prometheus_client"}, name
+    # a renamed telemetry measurement follows
+    assert routed(conf(major, telegraf_measurement="history"), "history") == {store}
+
+
+def test_prometheus_endpoint_is_loopback_and_follows_the_variables():
+    (prom,) = conf()["outputs"]["prometheus_client"]
+    assert prom["listen"] == "127.0.0.1:9273"
+    assert prom["path"] == "/metrics"
+    (prom,) = conf(telegraf_prometheus_listen_address="::1", telegraf_prometheus_port=19273)["outputs"]["prometheus_client"]
+    assert prom["listen"] == "[::1]:19273"
+    (internal,) = conf()["inputs"]["internal"]
+    assert internal["per_instance"] is False and internal["collect_memstats"] is True
+
+
+def dropin(**overrides):
+    """The drop-in as systemd reads it: sections of key=value lines, '#' comments."""
+    text = render("telegraf", "edgefleet.conf.j2", ctx(**overrides))
+    sections, current = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, val = line.partition("=")
+        current.setdefault(key, []).append(val)
+    return sections
+
+
+def test_dropin_orders_telegraf_after_the_local_broker_and_never_gives_up():
+    d = dropin()
+    assert d["Unit"]["After"] == ["mosquitto.service"]
+    assert d["Unit"]["Wants"] == ["mosquitto.service"]
+    assert "Requires" not in d["Unit"] and "BindsTo" not in d["Unit"]
+    assert d["Unit"]["StartLimitIntervalSec"] == ["0"]
+    assert d["Service"] == {"Restart": ["always"], "RestartSec": ["10s"]}
+    assert dropin(telegraf_restart_sec=30)["Service"]["RestartSec"] == ["30s"]
+
+
+@pytest.mark.parametrize("servers, local", [
+    (["tcp://127.0.0.1:1883"], True),
+    (["ssl://localhost:8883"], True),
+    (["tcp://[::1]:1883"], True),
+    (["tcp://127.0.1.1:1883"], True),
+    (["tcp://broker.plant.example:1883"], False),
+    (["tcp://127.0.0.1:1883", "tcp://10.0.0.5:1883"], False),
+])
+def test_broker_on_this_host_follows_the_server_urls(servers, local):
+    assert bool(value(ctx(telegraf_mqtt_servers=servers), "telegraf_broker_on_this_host")) is local
+    d = dropin(telegraf_mqtt_servers=servers)
+    assert ("After" in d["Unit"]) is local and ("Wants" in d["Unit"]) is local
+    assert d["Unit"]["StartLimitIntervalSec"] == ["0"]
+
+
+def test_dropin_is_managed_like_the_config_and_reloaded_with_a_daemon_reload():
+    import yaml
+    files = {f["live"]: f for f in value(ctx(), "_telegraf_files")}
+    d = files["/etc/systemd/system/telegraf.service.d/edgefleet.conf"]
+    assert d["apply"] == "reload" and d["mode"] == "0644" and not d.get("private")
+    handlers = yaml.safe_load((ROOT / "roles/telegraf/handlers/main.yml").read_text())
+    reload = next(h for h in handlers if h["name"] == "Reload Telegraf")
+    assert reload["ansible.builtin.systemd_service"]["daemon_reload"] is True
+    assert reload["ansible.builtin.systemd_service"]["state"] == "reloaded"
+
+
+def test_a_telegraf_without_retriable_broker_startup_is_refused(tmp_path):
+    rc, out = validate(tmp_path, mosquitto_max_inflight_messages=1000, telegraf_version="1.31.3")
+    assert rc != 0
+    assert "telegraf_version ('1.31.3') must be 1.32.0 or later" in out
+    assert "Nothing was changed" in out
+
+
+def test_write_check_runs_before_anything_changes_on_the_host():
+    import yaml
+    tasks = yaml.safe_load((ROOT / "roles/telegraf/tasks/main.yml").read_text())
+    names = [t.get("ansible.builtin.import_tasks") or t.get("ansible.builtin.include_role", {}).get("tasks_from")
+             or t["name"] for t in tasks]
+    assert names.index("write_check.yml") == names.index("credentials.yml") + 1
+    assert names.index("write_check.yml") < names.index("install.yml") < names.index("apply")
+    check = yaml.safe_load((ROOT / "roles/telegraf/tasks/write_check.yml").read_text())
+    (block,) = [t for t in check if "block" in t]
+    assert "not ansible_check_mode" in block["when"]
