@@ -14,6 +14,7 @@ case "${1:-}" in
     ensure_venv
     ensure_docker
     ensure_image
+    ensure_fleet_image
     ansible-playbook playbooks/lab.yml -e lab_state=present
     ansible-playbook site.yml
     ansible-playbook playbooks/lab.yml -e lab_state=fleet

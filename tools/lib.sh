@@ -76,6 +76,11 @@ ensure_image() {
   bash "$EDGEFLEET_ROOT/molecule/images/build-debian12-systemd.sh" "$@"
 }
 
+ensure_fleet_image() {
+  # The simulated fleet's image for a plant network (base image + python3-zeroconf).
+  bash "$EDGEFLEET_ROOT/molecule/images/build-plant-fleet.sh"
+}
+
 free_port() {
   # A TCP port that nothing on 127.0.0.1 listens on right now.
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -82,7 +82,8 @@ def main(argv=None):
                 ca = f.read()
     except OSError as e:
         p.error(str(e))
-    broker = {"host": site_vars.get("edgefleet_broker_host"),
+    # what the board dials: the site's device-facing address
+    broker = {"host": site_vars.get("edgefleet_controller_address") or site_vars.get("edgefleet_broker_host"),
               "port": int(site_vars.get("edgefleet_broker_tls_port", 8883) if tls
                           else site_vars.get("edgefleet_broker_port", 1883)),
               "tls": tls}

@@ -34,6 +34,10 @@ def main(argv=None):
     p.add_argument("--broker-host", help="default: edgefleet_broker_host of the inventory")
     p.add_argument("--broker-port", type=int, help="default: edgefleet_broker_port of the inventory")
     p.add_argument("--tls", action="store_true", help="connect with TLS (edgefleet_broker_tls_port), trusting the site CA")
+    p.add_argument("--plant", action="store_true",
+                   help="run as boards on a plant network: /metrics on every interface, this host's plant address "
+                   "as each device's IP, clocks unset until NTP answers, and mDNS: each device answers <id>.local "
+                   "and announces its /metrics over DNS-SD (needs python3-zeroconf)")
     p.add_argument("--secrets", help="secrets directory (default: secrets/<site>)")
     p.add_argument("--state-dir", default=".sim", help="where each device's flash filesystem lives")
     p.add_argument("--time-scale", type=float, default=1.0, help="0.1 runs device timers 10x faster")
@@ -94,8 +98,31 @@ def main(argv=None):
         d = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=args.time_scale)
         d.board.faults.malformed = args.fault_malformed
         d.board.metrics_port = metrics_port  # /metrics on 127.0.0.1:<port>, or none
+        d.device_id = device_id
         devices.append(d)
+    if args.plant:
+        return run_plant(args, devices, "%s:%d (%s)" % (host, port, "TLS" if args.tls else "plain"))
     return run_devices(args, devices, "%s:%d (%s)" % (host, port, "TLS" if args.tls else "plain"))
+
+
+def run_plant(args, devices, where):
+    """The fleet as boards on a plant network (see --plant)."""
+    from . import mdns
+
+    address = mdns.plant_address()
+    responder = mdns.Responder(address)
+    try:
+        for d in devices:
+            d.board.ip_address = address
+            d.board.faults.clock_unset = True  # an ESP32 starts in 2000 until NTP answers
+            if d.board.metrics_port is not None:
+                d.board.metrics_host = "0.0.0.0"
+                responder.register(d.device_id, d.board.metrics_port)
+        logging.info("plant network address %s; mDNS answers for %d devices",
+                     address, sum(1 for d in devices if d.board.metrics_port is not None))
+        return run_devices(args, devices, where)
+    finally:
+        responder.close()
 
 
 def flashed_devices(p, args):

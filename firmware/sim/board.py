@@ -199,7 +199,8 @@ class HostBoard:
         self.ip_address = "10.99.%d.%d" % (self._mac[4], self._mac[5])
         self.resets = 0
         self.logs = []
-        self.metrics_port = None  # a 127.0.0.1 port for /metrics, or None for none
+        self.metrics_port = None  # a port for /metrics, or None for none
+        self.metrics_host = "127.0.0.1"  # where it listens: 0.0.0.0 for a fleet on a plant network
         self.firmware = SimFirmware(root.rstrip("/") + ".partitions")
         self.hostname = None
         self.last_reset = "power_on"
@@ -323,8 +324,9 @@ class HostBoard:
 
     def metrics_address(self, port):
         """Where /metrics listens: every simulated device shares the host, so
-        the fleet runner hands out a loopback port per device (or none)."""
-        return None if self.metrics_port is None else ("127.0.0.1", self.metrics_port)
+        the fleet runner hands out a port per device (or none), on loopback
+        or, for a fleet on a plant network, on every interface."""
+        return None if self.metrics_port is None else (self.metrics_host, self.metrics_port)
 
     def ssl_context(self, broker):
         """TLS trusting the site CA that the flash station wrote (ca.crt)."""

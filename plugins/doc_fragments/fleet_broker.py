@@ -12,7 +12,8 @@ options:
     type: str
   broker_host:
     description:
-      - The site broker, as the Ansible controller reaches it. Default C(edgefleet_broker_host).
+      - The site broker, as the Ansible controller reaches it. Default C(edgefleet_broker_host), else
+        C(edgefleet_controller_address).
     type: str
   broker_port:
     description:

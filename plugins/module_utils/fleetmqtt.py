@@ -81,7 +81,8 @@ Message = collections.namedtuple("Message", "device_id channel payload retain")
 # The inventory variables broker_settings reads (the action plugins template
 # them first: inventories write them as templates, such as
 # edgefleet_secrets_dir: "{{ inventory_dir | dirname | dirname }}/secrets/<site>").
-SITE_VARS = ("edgefleet_site", "edgefleet_broker_host", "edgefleet_fleet_tls", "edgefleet_broker_port",
+SITE_VARS = ("edgefleet_site", "edgefleet_broker_host", "edgefleet_controller_address", "edgefleet_fleet_tls",
+             "edgefleet_broker_port",
              "edgefleet_broker_tls_port", "edgefleet_secrets_dir", "mosquitto_passwords")
 
 
@@ -119,9 +120,12 @@ def broker_settings(args, task_vars, read_file=None):
         contract.check_site(site)
     except contract.ContractError as e:
         raise FleetMqttError("site: %s" % e)
-    host = pick("broker_host", "edgefleet_broker_host")
+    # edgefleet_broker_host is the broker as the Ansible controller reaches
+    # it; where it is not set, that is the address devices dial too
+    host = pick("broker_host", "edgefleet_broker_host") or task_vars.get("edgefleet_controller_address")
     if not host:
-        raise FleetMqttError("no broker: set the task's broker_host or the inventory variable edgefleet_broker_host")
+        raise FleetMqttError("no broker: set the task's broker_host or the inventory variable edgefleet_broker_host "
+                             "(or edgefleet_controller_address, which it defaults to)")
     tls = pick("tls", "edgefleet_fleet_tls", True)
     if not isinstance(tls, bool):
         raise FleetMqttError("tls must be true or false, got %r" % (tls,))

@@ -42,6 +42,7 @@ def site_inventory(directory, secrets):
     (directory / "hosts.yml").write_text(yaml.safe_dump(hosts))
     (directory / "group_vars" / "all" / "site.yml").write_text(yaml.safe_dump({
         "edgefleet_site": "plant", "edgefleet_secrets_dir": str(secrets), "edgefleet_broker_host": "127.0.0.1",
+        "edgefleet_controller_address": "ctl01.plant.lan",
         "edgefleet_broker_port": 1883, "mosquitto_passwords": {i: "pw-" + i for i in IDS}}))
     return directory
 

@@ -54,6 +54,7 @@ class Site:
     def play(self, images, *extra, ok=True):
         host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                 "edgefleet_site": "plant", "edgefleet_secrets_dir": str(self.secrets),
+                "edgefleet_controller_address": "ctl01.plant.lan",
                 "ota_server_web_root": str(self.www), "ota_server_tls_enabled": False,
                 "ota_server_url_host": "10.0.5.2", "ota_server_images": images}
         inv = self.dir / "hosts.yml"

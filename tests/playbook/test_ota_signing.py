@@ -39,7 +39,8 @@ class Site:
     def inventory(self, secrets=True):
         # a target nobody can reach: port 9 on loopback refuses connections
         host = {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 9,
-                "ansible_python_interpreter": sys.executable, "edgefleet_site": "plant"}
+                "ansible_python_interpreter": sys.executable, "edgefleet_site": "plant",
+                "edgefleet_controller_address": "ctl01.plant.lan"}
         if secrets:
             host["edgefleet_secrets_dir"] = str(self.secrets)
         inv = self.dir / "hosts.yml"

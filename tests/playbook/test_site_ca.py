@@ -34,12 +34,14 @@ class Site:
         tmp_path.mkdir(parents=True, exist_ok=True)
         (tmp_path / "site.yml").write_text(PLAYBOOK)
 
-    def inventory(self, site=True, secrets=True):
+    def inventory(self, site=True, secrets=True, address="ctl01.plant.lan"):
         host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
         if site:
             host["edgefleet_site"] = "plant"
         if secrets:
             host["edgefleet_secrets_dir"] = str(self.secrets)
+        if address:
+            host["edgefleet_controller_address"] = address
         inv = self.dir / "hosts.yml"
         inv.write_text("all:\n  children:\n    controller:\n      hosts:\n        ctl01:\n"
                        + "".join(f"          {k}: '{v}'\n" for k, v in host.items()))
@@ -153,4 +155,38 @@ def test_site_variables_are_required(site, missing):
     run = site.play(ok=False, **{missing: False})
     name = {"site": "edgefleet_site", "secrets": "edgefleet_secrets_dir"}[missing]
     assert f"{name} is not set for host ctl01 in inventory {site.dir / 'hosts.yml'}" in run.stdout
+    assert not site.secrets.exists(), "something was created before the check"
+
+
+def sans(cert):
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(ext.get_values_for_type(x509.DNSName)) | {str(ip) for ip in ext.get_values_for_type(x509.IPAddress)}
+
+
+@pytest.mark.parametrize("address", ["ctl01.plant.lan", "10.20.0.5", "fd00::5"])
+def test_the_server_certificate_covers_the_device_facing_address(site, address):
+    site.play(address=address)
+    assert {address, "ctl01", "localhost", "127.0.0.1"} <= sans(site.cert())
+
+
+def test_names_that_leave_out_the_device_facing_address_are_refused_before_anything(site):
+    run = site.play("-e", '{"site_ca_server_names": ["ctl01", "localhost"]}', ok=False)
+    assert ("The server certificate of ctl01 would not cover edgefleet_controller_address 'ctl01.plant.lan'"
+            in run.stdout), run.stdout[-3000:]
+    assert "site_ca_server_names ['ctl01', 'localhost']" in run.stdout
+    assert not site.secrets.exists(), "something was created before the check"
+    # the address in the extra names covers it
+    site.play("-e", '{"site_ca_server_names": ["ctl01"], "site_ca_server_extra_names": ["CTL01.plant.lan"]}')
+    assert "ctl01.plant.lan" in sans(site.cert())
+
+
+@pytest.mark.parametrize("address, why", [
+    (None, "edgefleet_controller_address is not set for host ctl01"),
+    ("ctl01.plant.lan:8883", "is not an IP address (a port does not belong here"),
+    ("ctl_01.plant.lan", "contains '_'"),
+])
+def test_a_missing_or_bad_device_facing_address_is_refused_before_anything(site, address, why):
+    run = site.play(ok=False, address=address)
+    assert why in run.stdout, run.stdout[-3000:]
+    assert "Nothing was changed" in run.stdout
     assert not site.secrets.exists(), "something was created before the check"

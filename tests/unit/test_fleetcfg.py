@@ -131,6 +131,13 @@ def test_broker_settings_come_from_the_inventory_and_the_secrets_dir(tmp_path):
     vaulted = fleetmqtt.broker_settings({"tls": False}, dict(task_vars, edgefleet_broker_port=1883,
                                                              mosquitto_passwords={"controller": "from-vault"}))
     assert vaulted["password"] == "from-vault" and vaulted["port"] == 1883 and vaulted["ca_file"] is None
+    # without edgefleet_broker_host, the Ansible controller dials what devices dial
+    task_vars.pop("edgefleet_broker_host")
+    s = fleetmqtt.broker_settings({}, dict(task_vars, edgefleet_controller_address="ctl01.plant1.lan"))
+    assert s["host"] == "ctl01.plant1.lan"
+    s = fleetmqtt.broker_settings({}, dict(task_vars, edgefleet_controller_address="ctl01.plant1.lan",
+                                            edgefleet_broker_host="127.0.0.1"))
+    assert s["host"] == "127.0.0.1"
 
 
 @pytest.mark.parametrize("args,task_vars,message", [

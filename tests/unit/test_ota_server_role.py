@@ -77,6 +77,7 @@ def stage(root, pki, **overrides):
     root = pathlib.Path(root)
     ctx = role_vars("ota_server", dict({
         "edgefleet_site": "test",
+        "edgefleet_controller_address": "ctl01.test.lan",
         "_ota_server_staging_dir": str(root),
         "ota_server_log_dir": str(root / "log"),
         "ota_server_web_root": str(root / "www"),
@@ -622,10 +623,15 @@ def test_images_first_then_the_manifest_then_pruning():
 
 
 def test_default_base_url_is_plain_http_whatever_tls_does():
-    """Devices download over plain HTTP only (the contract refuses https://)."""
+    """Devices download over plain HTTP only (the contract refuses https://),
+    from the site's device-facing address, not the controller's inventory
+    name (which the plant's DNS need not know)."""
     for tls in (True, False):
-        ctx = role_vars("ota_server", {"edgefleet_site": "test", "ota_server_tls_enabled": tls})
-        assert value(ctx, "ota_server_base_url") == "http://test-controller:8080"
+        ctx = role_vars("ota_server", {"edgefleet_site": "test", "ota_server_tls_enabled": tls,
+                                       "edgefleet_controller_address": "ctl01.plant.lan"})
+        assert value(ctx, "ota_server_base_url") == "http://ctl01.plant.lan:8080"
+    ctx = role_vars("ota_server", {"edgefleet_site": "test", "edgefleet_controller_address": "fd00::5"})
+    assert value(ctx, "ota_server_base_url") == "http://[fd00::5]:8080"
     ctx = role_vars("ota_server", {"edgefleet_site": "test", "ota_server_url_host": "10.1.2.3",
                                    "ota_server_http_port": 80})
     assert value(ctx, "ota_server_base_url") == "http://10.1.2.3:80"

@@ -104,6 +104,8 @@ def test_manifest_names_the_image_signed_by_the_site_key(manifest, secrets_dir):
     assert image["size"] == len(source) and image["sha256"] == hashlib.sha256(source).hexdigest()
     assert image["url"] == f'{manifest["base_url"]}/app/1.2.0/app-1.2.0.bin'
     assert manifest["base_url"].startswith("http://")  # devices download over plain HTTP
+    # by the site's device-facing address (edgefleet_controller_address), not the inventory name
+    assert manifest["base_url"] == "http://ctl01.molecule.plant:8080"
     public = otasign.current_public_key(str(secrets_dir / "signing"))
     assert manifest["signing_key"] == public
     assert otasign.verify_entry(public, "app", "1.2.0", len(source), hashlib.sha256(source).hexdigest(),
