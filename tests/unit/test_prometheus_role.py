@@ -21,7 +21,7 @@ RULE_TESTS = pathlib.Path(__file__).resolve().parent / "prometheus_rules"
 TOOLS = ("promtool", "amtool", "prometheus-blackbox-exporter")
 DEVICES = ["psu-ktcyat68", "env-yy1ka51y", "oven-tvcft64q"]
 DEVICE_ALERTS = {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
-                 "EdgefleetRolloutFailed", "EdgefleetDeviceTlsMemoryLow"}
+                 "EdgefleetRolloutFailed", "EdgefleetDeviceTlsMemoryLow", "EdgefleetDeviceClockUnset"}
 JOBS = ["prometheus", "node", "alertmanager", "edgefleet_telemetry", "mosquitto", "edgefleet_devices", "blackbox_tls"]
 
 
@@ -87,7 +87,7 @@ def test_staged_tree_passes_the_roles_own_checks(tmp_path):
         assert result.returncode == 0, f"{argv}:\n{result.stdout}\n{result.stderr}"
     # promtool checked the staged rules and discovery file, not live ones
     out = run(["promtool", "check", "config", str(live(tmp_path, "/etc/prometheus/prometheus.yml"))]).stdout
-    assert "SUCCESS: 1 rule files found" in out and "9 rules found" in out
+    assert "SUCCESS: 1 rule files found" in out and "11 rules found" in out
     assert "WARNING" not in out, out
 
 
@@ -374,7 +374,7 @@ def test_alertmanager_email_and_webhook(tmp_path):
     path = live(tmp_path, "/etc/prometheus/alertmanager.yml")
     result = run(["amtool", "check-config", str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 receivers" in result.stdout and "2 inhibit rules" in result.stdout
+    assert "2 receivers" in result.stdout and "3 inhibit rules" in result.stdout
     config = yaml.safe_load(path.read_text())
     assert config["global"]["resolve_timeout"] == "5m" and config["global"]["smtp_auth_password"] == "s3cret"
     assert "NOWHERE" not in path.read_text()
@@ -413,7 +413,8 @@ def test_alerts_have_severity_and_name_device_or_site(tmp_path):
     assert set(found) == {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
                           "EdgefleetRolloutFailed", "EdgefleetBrokerDown", "EdgefleetExporterDown",
                           "EdgefleetBrokerDroppingMessages", "EdgefleetCertificateExpiring",
-                          "EdgefleetDeviceTlsMemoryLow"}
+                          "EdgefleetDeviceTlsMemoryLow", "EdgefleetControllerClockUnsynchronised",
+                          "EdgefleetDeviceClockUnset"}
     for name, rule in found.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         summary, description = rule["annotations"]["summary"], rule["annotations"]["description"]
@@ -446,6 +447,18 @@ def test_thresholds_are_variables(tmp_path):
     assert "< 40)" in found["EdgefleetTelemetryStale"]["expr"]
     assert found["EdgefleetDeviceOffline"]["for"] == "0s"
     assert found["EdgefleetBrokerDown"]["for"] == "3m"
+    result = run(["promtool", "check", "rules", str(rules_file(tmp_path))])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_time_alert_thresholds_are_variables(tmp_path):
+    found = alerts(tmp_path, prometheus_alert_controller_clock_for="30m", prometheus_alert_device_clock_unset_for="1h",
+                   prometheus_alert_chrony_metrics_stale_seconds=900)
+    assert found["EdgefleetControllerClockUnsynchronised"]["for"] == "30m"
+    assert "edgefleet_chrony_metrics_timestamp_seconds > 900" in " ".join(
+        found["EdgefleetControllerClockUnsynchronised"]["expr"].split())
+    assert found["EdgefleetDeviceClockUnset"]["for"] == "1h"
+    assert "for 1h" in found["EdgefleetDeviceClockUnset"]["annotations"]["description"]
     result = run(["promtool", "check", "rules", str(rules_file(tmp_path))])
     assert result.returncode == 0, result.stdout + result.stderr
 
