@@ -210,6 +210,7 @@ def test_the_local_clock_is_served_to_devices(tmp_path):
         assert values["edgefleet_chrony_up"] == 1 and values["edgefleet_chrony_synchronised"] == 1
         assert values["edgefleet_chrony_local_reference"] == 1 and values["edgefleet_chrony_stratum"] == 10
         assert values["edgefleet_chrony_upstream_sources"] == 0
+        assert 0 <= values["edgefleet_chrony_reference_age_seconds"] < 5
     finally:
         daemon.stop()
 
@@ -226,6 +227,7 @@ def test_without_a_source_the_devices_are_told_not_synchronised(tmp_path):
         values = metrics(tmp_path, daemon, 1)
         assert values["edgefleet_chrony_up"] == 1 and values["edgefleet_chrony_synchronised"] == 0
         assert values["edgefleet_chrony_upstream_sources"] == 1
+        assert "edgefleet_chrony_reference_age_seconds" not in values
     finally:
         daemon.stop()
 
@@ -256,6 +258,7 @@ def test_synchronised_to_an_upstream_server(tmp_path):
         assert values["edgefleet_chrony_synchronised"] == 1, daemon.log.read_text()
         assert values["edgefleet_chrony_stratum"] == 9 and values["edgefleet_chrony_local_reference"] == 0
         assert values["edgefleet_chrony_root_distance_seconds"] < 1
+        assert 0 <= values["edgefleet_chrony_reference_age_seconds"] < 10
         assert ask(port)[1] == 9
     finally:
         daemon.stop()
