@@ -24,6 +24,29 @@ apt_install() {
   }
 }
 
+deb_unpack() {
+  # deb_unpack PKG DIR: the files of Debian package PKG (this machine's
+  # candidate version) under DIR, without installing it: no maintainer
+  # script runs. For tools the tests run but this machine must not run as a
+  # service: chrony's postinst would start chronyd on it and replace
+  # systemd-timesyncd.
+  local pkg=$1 dir=$2 version tmp
+  version=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
+  if [ -z "$version" ] || [ "$version" = "(none)" ]; then
+    apt-get update -qq || return 1
+    version=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
+  fi
+  [ "$(cat "$dir/.edgefleet-$pkg" 2>/dev/null)" = "$version" ] && return 0
+  log "unpacking Debian package $pkg $version into $dir (not installed)"
+  tmp=$(mktemp -d) || return 1
+  chown _apt "$tmp" 2>/dev/null || chmod 0777 "$tmp"  # apt-get download writes as _apt
+  ( cd "$tmp" && apt-get download -qq "$pkg=$version" ) || { rm -rf "$tmp"; echo "apt-get download $pkg failed" >&2; return 1; }
+  rm -rf "$dir" && mkdir -p "$dir" && dpkg-deb -x "$tmp"/*.deb "$dir" && printf '%s\n' "$version" >"$dir/.edgefleet-$pkg"
+  local rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
+
 ensure_venv() {
   # The virtualenv holds the pinned controller and test tools; it is
   # re-synced only when requirements.txt changes.

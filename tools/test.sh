@@ -83,7 +83,13 @@ setup() {
   # 32-bit unix port with the app frozen in (the frozen heap budget).
   stage "test dependencies (Debian mosquitto, prometheus, alertmanager, exporters, nginx, gcc-multilib)" \
     apt_install mosquitto prometheus-mqtt-exporter prometheus prometheus-alertmanager \
-    prometheus-blackbox-exporter nginx ser2net gcc-multilib || return 1
+    prometheus-blackbox-exporter nginx ser2net gcc-multilib libedit2 || return 1
+  # chrony for the chrony role's tests, unpacked, not installed: installed,
+  # it would start chronyd here and replace systemd-timesyncd (its libraries
+  # are Debian's usual ones; chronyc's libedit2 is installed above)
+  export EDGEFLEET_CHRONY_ROOT=${EDGEFLEET_CHRONY_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/edgefleet/debs/chrony}
+  stage "chrony for the tests (unpacked into $EDGEFLEET_CHRONY_ROOT, not installed)" \
+    deb_unpack chrony "$EDGEFLEET_CHRONY_ROOT" || return 1
   molecule_run_env
   log "run $EDGEFLEET_RUN_ID: test ports 127.0.0.1:$EDGEFLEET_TEST_MQTT_PORT (MQTT), :$EDGEFLEET_TEST_MQTTS_PORT (TLS)"
   remove_stale_instances

@@ -415,12 +415,18 @@ class Device:
             self.release_modules("sntp")
 
     async def time_loop(self):
-        """Set the clock from the site's NTP server (the controller by default)."""
+        """Set the clock from the site's NTP server (the controller by default).
+        The first time it is set, the retained status is published again: the
+        one of the connect said time_synced false (the site alerts on it)."""
         while True:
             server = self.config["ntp_server"] or self.settings["broker"]["host"]
+            synced = self.board.time_synced()
             try:
                 await self.set_time(server)
                 wait = 3600
+                if not synced and self.online():
+                    async with self.control_lock:  # not between a connect's messages
+                        await self.publish_json("status", self.status_payload(), retain=True)
             except Exception as e:  # SntpError, OSError: keep going on the clock we have
                 self.board.log("time: %s" % e)
                 wait = 600 if self.board.time_synced() else 30

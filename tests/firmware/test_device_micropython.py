@@ -332,3 +332,21 @@ def test_time_from_the_sites_ntp_server(site, ntp_server):
     stamped = [json.loads(m.payload)["ts"] for m in tg.messages() if json.loads(m.payload)["ts"]]
     assert abs(stamped[-1] - ntp_server.now()) < 5, (stamped[-1], ntp_server.now())
     assert ntp_server.queries >= 1
+
+
+def test_status_is_published_again_once_the_clock_is_set(site, ntp_server):
+    """The status of the connect says time_synced false while NTP has not
+    answered; once it does, the retained status says true without waiting for
+    a reconnect (the site alerts on a device whose clock stays unset)."""
+    ctl = site.watch("controller")
+    # the server's socket exists but does not answer yet: each query times out
+    d = site.device(config={"ntp_server": ntp_server.address}, time_scale=0.1).start()
+    wait_online(ctl, d)
+    assert payloads(ctl, "status")[-1]["time_synced"] is False
+    ntp_server.start()
+    wait_until(lambda: payloads(ctl, "status")[-1]["time_synced"] is True, 20,
+               f"a status with time_synced true; device output:\n{d.output()[-2000:]}")
+    assert online_count(ctl) == 2 and d.boots == 1  # published again, not reconnected
+    late = site.watch("controller")
+    wait_until(lambda: payloads(late, "status"), 5, "the retained status")
+    assert payloads(late, "status")[-1]["time_synced"] is True

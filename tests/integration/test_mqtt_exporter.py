@@ -211,6 +211,12 @@ def test_device_telemetry_state_and_ota_become_labelled_series(site, exporters):
             "edgefleet_device_idf_largest_free_block_bytes": 17120.0}
     wait_until(lambda: all(set(series(telemetry.samples(), name, sensor=env).values()) == {value}
                            for name, value in heap.items()), 10, "the heap figures of status exported")
+    # time_synced, a JSON boolean, is 0 or 1 (mqtt2prometheus maps booleans itself)
+    for synced, value in ((False, 0.0), (True, 1.0)):
+        dev.publish(topic(env, "status"), json.dumps({"online": True, "fw": "2.0", "time_synced": synced}),
+                    qos=1, retain=True)
+        wait_until(lambda: set(series(telemetry.samples(), "edgefleet_device_time_synced", sensor=env).values())
+                   == {value}, 10, f"time_synced {synced} exported as {value}")
 
 
 def test_broker_sys_metrics(site, exporters):

@@ -21,7 +21,7 @@ RULE_TESTS = pathlib.Path(__file__).resolve().parent / "prometheus_rules"
 TOOLS = ("promtool", "amtool", "prometheus-blackbox-exporter")
 DEVICES = ["psu-ktcyat68", "env-yy1ka51y", "oven-tvcft64q"]
 DEVICE_ALERTS = {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
-                 "EdgefleetRolloutFailed", "EdgefleetDeviceTlsMemoryLow"}
+                 "EdgefleetRolloutFailed", "EdgefleetDeviceTlsMemoryLow", "EdgefleetDeviceClockUnset"}
 JOBS = ["prometheus", "node", "alertmanager", "edgefleet_telemetry", "mosquitto", "edgefleet_devices", "blackbox_tls",
         "blackbox_influxdb", "telegraf"]
 HISTORY_ALERTS = {"EdgefleetInfluxdbDown", "EdgefleetTelegrafDown", "EdgefleetTelegrafWriteErrors",
@@ -94,7 +94,7 @@ def test_staged_tree_passes_the_roles_own_checks(tmp_path):
         assert result.returncode == 0, f"{argv}:\n{result.stdout}\n{result.stderr}"
     # promtool checked the staged rules and discovery file, not live ones
     out = run(["promtool", "check", "config", str(live(tmp_path, "/etc/prometheus/prometheus.yml"))]).stdout
-    assert "SUCCESS: 1 rule files found" in out and "14 rules found" in out  # 13 alerts, 1 recording rule
+    assert "SUCCESS: 1 rule files found" in out and "16 rules found" in out  # 15 alerts, 1 recording rule
     assert "WARNING" not in out, out
 
 
@@ -490,7 +490,8 @@ def test_alerts_have_severity_and_name_device_or_site(tmp_path):
     assert set(found) == {"EdgefleetDeviceOffline", "EdgefleetTelemetryStale", "EdgefleetTemperatureOverSetpoint",
                           "EdgefleetRolloutFailed", "EdgefleetBrokerDown", "EdgefleetExporterDown",
                           "EdgefleetBrokerDroppingMessages", "EdgefleetCertificateExpiring",
-                          "EdgefleetDeviceTlsMemoryLow"} | HISTORY_ALERTS
+                          "EdgefleetDeviceTlsMemoryLow", "EdgefleetControllerClockUnsynchronised",
+                          "EdgefleetDeviceClockUnset"} | HISTORY_ALERTS
     for name, rule in found.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         summary, description = rule["annotations"]["summary"], rule["annotations"]["description"]
@@ -545,6 +546,18 @@ def test_thresholds_are_variables(tmp_path):
     assert found["EdgefleetBrokerDroppingMessages"]["for"] == "10m"
     assert found["EdgefleetDeviceOffline"]["for"] == "0s"
     assert found["EdgefleetBrokerDown"]["for"] == "3m"
+    result = run(["promtool", "check", "rules", str(rules_file(tmp_path))])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_time_alert_thresholds_are_variables(tmp_path):
+    found = alerts(tmp_path, prometheus_alert_controller_clock_for="30m", prometheus_alert_device_clock_unset_for="1h",
+                   prometheus_alert_chrony_metrics_stale_seconds=900)
+    assert found["EdgefleetControllerClockUnsynchronised"]["for"] == "30m"
+    assert "edgefleet_chrony_metrics_timestamp_seconds > 900" in " ".join(
+        found["EdgefleetControllerClockUnsynchronised"]["expr"].split())
+    assert found["EdgefleetDeviceClockUnset"]["for"] == "1h"
+    assert "for 1h" in found["EdgefleetDeviceClockUnset"]["annotations"]["description"]
     result = run(["promtool", "check", "rules", str(rules_file(tmp_path))])
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -14,7 +14,8 @@ for at least one of them (an env sensor has no voltage, an oven does).
 An alert's expression is empty while nothing is wrong, so for an alert the
 test checks that the full expression evaluates, and that each operand of
 its comparisons and set operations (the signal it watches, split at the
-top level by PromQL's operator precedence, inside label_replace()) returns
+top level by PromQL's operator precedence, inside label_replace(); for
+absent(x), x) returns
 data; scalar operands (thresholds) are exempt, and so are the series in
 ABSENT_WHILE_HEALTHY, which do not exist until the first fault; those must
 still evaluate."""
@@ -110,6 +111,7 @@ def _top_level_split(expr, patterns):
     return [p.strip() for p in parts]
 
 
+_ABSENT = re.compile(r"^absent\s*\((.*)\)$", re.S)
 _LABEL_REPLACE = re.compile(r'^label_replace\s*\((.*),\s*"[^"]*"\s*,\s*"[^"]*"\s*,\s*"[^"]*"\s*,\s*"[^"]*"\s*\)$',
                             re.S)
 
@@ -119,6 +121,10 @@ def signals(expr, level=0):
     if level == len(_OPS):
         e = _MODIFIERS.sub("", expr, count=1).strip()
         m = _LABEL_REPLACE.match(e)
+        if m and _balanced(m.group(1)):
+            return signals(m.group(1))
+        # absent(x) has data only while x is missing: x is the signal
+        m = _ABSENT.match(e)
         if m and _balanced(m.group(1)):
             return signals(m.group(1))
         while e.startswith("(") and e.endswith(")") and _balanced(e[1:-1]):
@@ -151,6 +157,8 @@ def test_the_signal_splitter():
     assert signals('a{x=~"1|2"} > on(d) group_left b + 5 or c != 0') == ['a{x=~"1|2"}', "b + 5", "c", "0"]
     assert signals('label_replace(up{job=~"a|b"} == 0, "problem", "down", "", "") or '
                    'label_replace(c == 0, "p", "x", "", "")') == ['up{job=~"a|b"}', "0", "c", "0"]
+    assert signals('label_replace(absent(t{job="node"}), "problem", "no_data", "", "") or u == 0') == [
+        't{job="node"}', "u", "0"]
 
 
 def real_values(prom, var):

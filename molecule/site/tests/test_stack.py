@@ -185,3 +185,15 @@ def test_grafana_serves_the_provisioned_dashboards(host, secrets_dir):
         assert grafana_api(host, password, f"/api/dashboards/uid/{uid}")["dashboard"]["uid"] == uid
     assert {d["uid"] for d in grafana_api(host, password, "/api/datasources")} == {
         "edgefleet-prometheus", "edgefleet-influxdb"}
+
+
+def test_chrony_serves_time_in_the_container_without_setting_its_clock(host):
+    """roles/chrony in a container: detected from the facts, chronyd runs
+    with -x (the unit's CAP_SYS_TIME condition cleared by the role's
+    drop-in), serves its time and writes its state for the node exporter."""
+    assert host.service("chrony").is_running
+    assert 'DAEMON_OPTS="-F 1 -x"' in host.file("/etc/default/chrony").content_string
+    tracking = host.run("chronyc -n -c tracking")
+    assert tracking.rc == 0 and tracking.stdout.strip().split(",")[-1] != "Not synchronised", tracking.stdout
+    state = host.file("/var/lib/prometheus/node-exporter/edgefleet_chrony.prom")
+    assert state.exists and "edgefleet_chrony_up 1" in state.content_string
