@@ -410,13 +410,7 @@ http {{
         return sum(sum(procstat.cpu_seconds(p)) for p in self.pids())
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procstat.stop(self.proc, 10)
 
 
 class WwwServer:

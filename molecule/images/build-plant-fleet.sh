@@ -24,15 +24,17 @@ if docker image inspect "$tag" >/dev/null 2>&1; then
   exit 0
 fi
 
-work=$(mktemp -d /var/tmp/edgefleet-fleet-image.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-cat >"$work/Dockerfile" <<DOCKERFILE
+start=$(date +%s)
+# the Dockerfile on stdin: the build needs no context
+if ! out=$(docker build -q -t "$tag" - 2>&1 <<DOCKERFILE
 FROM $base
 RUN apt-get update \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-zeroconf \\
  && rm -rf /var/lib/apt/lists/*
 DOCKERFILE
-start=$(date +%s)
-docker build -q -t "$tag" "$work" >"$work/build.log" 2>&1 || { tail -n 30 "$work/build.log"; exit 1; }
+); then
+  echo "$out" | tail -n 30
+  exit 1
+fi
 docker tag "$tag" "$fleet_repo:latest"
 echo "built $tag ($fleet_repo:latest) in $(( $(date +%s) - start ))s"

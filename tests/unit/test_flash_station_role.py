@@ -20,6 +20,7 @@ import sys
 import time
 
 import debtool
+import procstat
 import pytest
 import yaml
 from broker import free_port
@@ -321,13 +322,7 @@ class Bench:
         return (self.root / "ser2net.log").read_text()
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procstat.stop(self.proc, 5)
         for master, slave in self.masters.values():
             os.close(master)
             os.close(slave)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 
+import procstat
 from edgefleet import mosquitto_passwd_hash
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -81,9 +82,4 @@ class Broker:
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.resume()
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            procstat.stop(self.proc, 10)

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 
+import procstat
 import pytest
 
 
@@ -80,10 +81,4 @@ class Chronyd:
         return f"{self.chronyc_binary} -h {self.socket}"
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procstat.stop(self.proc, 5)

@@ -13,6 +13,8 @@ import time
 import urllib.parse
 import urllib.request
 
+import procstat
+
 
 def find_influxd(where):
     """The influxd path, or (None, why not). *where*: a directory for the download."""
@@ -92,11 +94,5 @@ bind-address = "127.0.0.1:{free_port()}"
         return out
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procstat.stop(self.proc, 20)
         self.log.close()

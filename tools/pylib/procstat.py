@@ -1,8 +1,23 @@
 """Process figures from /proc for tests and benchmarks: resident memory,
-CPU time, and the file-descriptor limit a many-connection process needs."""
+CPU time, and the file-descriptor limit a many-connection process needs;
+and stopping a child process that tests and benchmarks started."""
 
 import os
 import resource
+import subprocess
+
+
+def stop(proc, timeout):
+    """Terminate *proc* (a subprocess.Popen) if it still runs, and reap it:
+    killed when it has not exited within *timeout* seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def rss_kib(pid="self"):
