@@ -145,4 +145,10 @@ remove_stale_instances() {
     log "removing stale Molecule instances: $(docker inspect -f '{{.Name}}' $ids | tr -d / | tr '\n' ' ')"
     docker rm -f $ids >/dev/null
   fi
+  # and their plant networks (Molecule creates one per instance)
+  ids=$(docker network ls -q --filter label=owner=molecule --filter name="^edgefleet-$EDGEFLEET_CHECKOUT_ID-")
+  if [ -n "$ids" ]; then
+    log "removing stale Molecule networks: $(docker network inspect -f '{{.Name}}' $ids | tr '\n' ' ')"
+    docker network rm $ids >/dev/null
+  fi
 }

@@ -43,10 +43,11 @@ def plug(macs, paced=False):
 
 
 def station_inventory(directory, peers, kind, broker_port, name="station-test", app_size=0x1000,
-                      flash_baud=460800):
+                      flash_baud=460800, broker_tls=False):
     """A site inventory part for this machine as the flash station; the
     registry lands beside it. The boards run here (simulated), so they reach
-    the broker through its port on 127.0.0.1, without TLS."""
+    the broker through its port on 127.0.0.1: plain, or with *broker_tls*
+    TLS trusting the site CA (whose certificate covers 127.0.0.1)."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     base = directory.parent / "micropython.bin"  # not in the inventory directory: Ansible parses every file there
@@ -54,7 +55,7 @@ def station_inventory(directory, peers, kind, broker_port, name="station-test", 
     station = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                "flash_python": sys.executable, "flash_firmware_src": str(ROOT), "flash_micropython_image": str(base),
                "flash_kind": kind, "flash_ports": [p.url for p in peers], "flash_workers": 8, "flash_baud": flash_baud,
-               "flash_broker_host": "127.0.0.1", "flash_broker_port": broker_port, "flash_broker_tls": False}
+               "flash_broker_host": "127.0.0.1", "flash_broker_port": broker_port, "flash_broker_tls": broker_tls}
     (directory / "hosts.yml").write_text(yaml.safe_dump(
         {"all": {"children": {"flash_stations": {"hosts": {name: station}}}}}))
     return directory

@@ -1,6 +1,6 @@
 """Fixtures for the whole-site verifier: the scenario's site, the credentials
 the roles generated on the controller side, Prometheus through its published
-port, and the simulated fleet run beside the controller."""
+port, and the simulated fleet on the controller's plant network."""
 
 import json
 import os
@@ -18,10 +18,17 @@ sys.path.insert(0, str(ROOT / "tools" / "pylib"))
 sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
 
 SITE = "molecule"
-# Run by the fleet container, each with its /metrics on the controller's loopback
+# what devices dial (edgefleet_controller_address in molecule.yml; the
+# controller's alias on its plant network, .config/molecule/config.yml)
+CONTROLLER_ADDRESS = "ctl01.molecule.plant"
+FLEET_IMAGE = "edgefleet/plant-fleet:latest"  # molecule/images/build-plant-fleet.sh
+# Run by the fleet container on the plant, each with its /metrics on <id>.local:<port>
 FLEET = {"psu-ktcyat68": ("24:0a:c4:12:34:01", 19101), "env-yy1ka51y": ("24:0a:c4:12:34:11", 19102),
          "oven-tvcft64q": ("24:0a:c4:12:34:21", 19103)}
-PLAIN_PORT = int(os.environ.get("EDGEFLEET_TEST_MQTT_PORT", "21883"))
+# the broker's plain listener stays on the controller's loopback: the
+# verifier uses the TLS listener through its published port, as the Ansible
+# controller's fleet plugins do (the certificate covers 127.0.0.1)
+TLS_PORT = int(os.environ.get("EDGEFLEET_TEST_MQTTS_PORT", "28883"))
 PROM_PORT = int(os.environ.get("EDGEFLEET_TEST_PROM_PORT", "29090"))
 OTA_PORT = int(os.environ.get("EDGEFLEET_TEST_OTA_PORT", "28080"))
 OTAS_PORT = int(os.environ.get("EDGEFLEET_TEST_OTAS_PORT", "28443"))
@@ -51,6 +58,13 @@ def password(secrets_dir):
     def read(user):
         return (secrets_dir / "mqtt" / user).read_text().strip()
     return read
+
+
+def mqtt(user, password):
+    """A connected MQTT client over TLS, trusting the site CA, as *user*."""
+    from mqttc import Client
+    return Client(TLS_PORT, user=user, password=password,
+                  ca_file=str(ephemeral() / "secrets" / "ca" / "ca.crt")).connect_ok()
 
 
 class Prometheus:
@@ -87,24 +101,47 @@ def prometheus():
     return Prometheus(PROM_PORT)
 
 
+def controller_networks(name):
+    out = subprocess.run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", name],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def plant_network(name):
+    """The plant network Molecule put the controller on (.config/molecule/config.yml)."""
+    plants = [n for n in controller_networks(name) if n.endswith("-plant")]
+    assert len(plants) == 1, f"{name} is not on one plant network: {list(controller_networks(name))}"
+    return plants[0]
+
+
+def fleet_runner():
+    return f"{instance_name()}-fleet"
+
+
 @pytest.fixture(scope="session")
 def fleet(secrets_dir):
-    """The simulated fleet in a container sharing the controller's network
-    namespace (as `make lab` runs it): devices reach the broker, and
-    Prometheus reaches each device's /metrics, on the controller's 127.0.0.1."""
+    """The simulated fleet as boards on the plant: its own container on the
+    controller's plant network, dialling the device-facing name over TLS
+    (MQTT, OTA and NTP), clocks unset at boot, each device answering mDNS
+    for <id>.local, where Prometheus scrapes its /metrics (the scenario's
+    device_metrics_address). Nothing on the device side uses 127.0.0.1."""
     name = instance_name()
-    devices = {"site": SITE, "broker_host": "127.0.0.1", "broker_port": 1883,
+    network = plant_network(name)
+    devices = {"site": SITE, "broker_host": CONTROLLER_ADDRESS, "broker_tls_port": 8883,
                "devices": [{"id": i, "kind": i.split("-")[0], "mac": mac, "metrics_port": port}
                            for i, (mac, port) in FLEET.items()]}
     (secrets_dir / "sim-fleet.json").write_text(json.dumps(devices, indent=2))
-    image = subprocess.run(["docker", "inspect", "-f", "{{.Config.Image}}", name], capture_output=True, text=True,
-                           check=True).stdout.strip()
-    runner = f"{name}-fleet"
+    # the fleet's image (base image + python3-zeroconf); a no-op when current
+    build = subprocess.run(["bash", str(ROOT / "molecule" / "images" / "build-plant-fleet.sh")],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, f"cannot build the fleet image:\n{build.stdout}{build.stderr}"
+    runner = fleet_runner()
     subprocess.run(["docker", "rm", "-f", runner], capture_output=True)
-    subprocess.run(["docker", "run", "-d", "--name", runner, "--label", "owner=molecule", f"--network=container:{name}",
-                    "-v", f"{ROOT}:/opt/edgefleet:ro", "-v", f"{secrets_dir}:/secrets:ro", "-w", "/opt/edgefleet",
-                    "-e", "PYTHONDONTWRITEBYTECODE=1", image, "python3", "-m", "firmware.sim",
-                    "--devices", "/secrets/sim-fleet.json", "--secrets", "/secrets", "--state-dir", "/tmp/sim"],
+    subprocess.run(["docker", "run", "-d", "--name", runner, "--hostname", "plant-fleet", "--label", "owner=molecule",
+                    f"--network={network}", "-v", f"{ROOT}:/opt/edgefleet:ro", "-v", f"{secrets_dir}:/secrets:ro",
+                    "-w", "/opt/edgefleet", "-e", "PYTHONDONTWRITEBYTECODE=1", FLEET_IMAGE, "python3", "-m",
+                    "firmware.sim", "--devices", "/secrets/sim-fleet.json", "--secrets", "/secrets",
+                    "--state-dir", "/tmp/sim", "--tls", "--plant"],
                    check=True, capture_output=True)
     yield list(FLEET)
     logs = subprocess.run(["docker", "logs", "--tail", "20", runner], capture_output=True, text=True)

@@ -1,5 +1,5 @@
 """The live path of item 8: a real MQTT client acting as a device publishes
-telemetry to the site broker (through the published port), and the value is
+telemetry to the site broker (over TLS, through the published port), and the value is
 queryable in Prometheus (mosquitto -> mqtt_exporter -> prometheus) within two
 scrape intervals. Measures publish-to-queryable for a series of messages and
 writes p50/p99 to the Molecule state directory (docs/benchmarks.md). Each
@@ -11,8 +11,7 @@ import random
 import statistics
 import time
 
-from conftest import PLAIN_PORT, SCRAPE_INTERVAL_S, SITE, ephemeral
-from mqttc import Client
+from conftest import SCRAPE_INTERVAL_S, SITE, ephemeral, mqtt
 
 testinfra_hosts = ["ansible://controller"]
 DEVICE = "fan-edez6pps"
@@ -26,7 +25,7 @@ def payload(seq):
 
 
 def test_telemetry_is_queryable_within_two_scrape_intervals(password, prometheus):
-    device = Client(PLAIN_PORT, user=DEVICE, password=password(DEVICE)).connect_ok()
+    device = mqtt(DEVICE, password(DEVICE))
     topic = f"site/{SITE}/fan/{DEVICE}/state"
     latencies = []
     try:

@@ -25,8 +25,7 @@ import json
 import re
 
 import pytest
-from conftest import FLEET, PLAIN_PORT, SITE
-from mqttc import Client
+from conftest import FLEET, SITE, mqtt
 from promqueries import dashboard_files, dashboard_queries, expand, load_dashboard, metric_names, template_variables
 
 testinfra_hosts = ["ansible://controller"]
@@ -45,7 +44,7 @@ ABSENT_WHILE_HEALTHY = {
 @pytest.fixture(scope="module")
 def live(fleet, prometheus, password):
     """Prometheus with data from every fleet device, through both paths."""
-    device = Client(PLAIN_PORT, user=OTA_DEVICE, password=password(OTA_DEVICE)).connect_ok()
+    device = mqtt(OTA_DEVICE, password(OTA_DEVICE))
     try:
         for state in ("downloading", "verifying", "rebooting", "confirmed"):
             device.publish(f"site/{SITE}/fan/{OTA_DEVICE}/ota",

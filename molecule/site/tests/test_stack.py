@@ -15,8 +15,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from conftest import OTA_PORT, OTAS_PORT, PLAIN_PORT, SITE, ephemeral
-from mqttc import Client
+from conftest import OTA_PORT, OTAS_PORT, SITE, ephemeral, mqtt
 
 testinfra_hosts = ["ansible://controller"]
 DATABASE = "edgefleet"
@@ -148,7 +147,7 @@ def test_telegraf_writes_telemetry_into_influxdb(host, secrets_dir, password):
     assert host.service("telegraf").is_running
     device = "fan-edez6pps"
     seq = int(time.time())
-    client = Client(PLAIN_PORT, user=device, password=password(device)).connect_ok()
+    client = mqtt(device, password(device))
     try:
         client.publish(f"site/{SITE}/fan/{device}/state", json.dumps(
             {"device_id": device, "ts": int(time.time()), "seq": seq,

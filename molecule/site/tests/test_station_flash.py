@@ -34,8 +34,7 @@ import time
 
 import plugrun
 import pytest
-from conftest import PLAIN_PORT, SITE, ephemeral
-from mqttc import Client
+from conftest import SITE, TLS_PORT, ephemeral, mqtt
 
 testinfra_hosts = ["ansible://controller"]
 KIND = "env"
@@ -46,7 +45,7 @@ GOAL_ONLINE_S = 90  # issue 9: under 90 s for 8 boards at once (bench/plug_to_on
 @pytest.fixture
 def station(tmp_path):
     peers = plugrun.plug(MACS)
-    yield plugrun.station_inventory(tmp_path / "station", peers, KIND, PLAIN_PORT), peers
+    yield plugrun.station_inventory(tmp_path / "station", peers, KIND, TLS_PORT, broker_tls=True), peers
     for p in peers:
         p.stop()
 
@@ -79,7 +78,7 @@ def test_new_boards_go_from_plugged_in_to_queryable(station, password, prometheu
         assert (ephemeral() / "secrets" / "mqtt" / device).is_file(), f"no password generated for {device}"
         assert f"{device} (MAC {devices[device]}" in out
 
-    listener = Client(PLAIN_PORT, user="controller", password=password("controller")).connect_ok()
+    listener = mqtt("controller", password("controller"))
     listener.subscribe(f"site/{SITE}/{KIND}/+/status")
     sim = plugrun.boot(peers, MACS, tmp_path)
     try:
