@@ -118,3 +118,66 @@ def test_an_https_base_url_is_refused(site):
                     "-e", "ota_server_base_url=https://ctl01:8443", ok=False)
     assert "ota_server_base_url 'https://ctl01:8443' must be http://" in " ".join(run.stdout.split())
     assert not site.www.exists()
+
+
+def _published(site):
+    return {(i["payload"], i["version"]): i for i in site.manifest()["images"]}
+
+
+def test_an_image_published_with_extra_vars_stays_through_a_plain_run(site):
+    # make lab-rollout's sequence: the inventory lists the running image, a run
+    # with -e ota_server_images=[the new one] publishes (and the rollout
+    # installs) it, then a plain site.yml run must neither drop nor delete it.
+    listed = [{"src": site.image("app-1.bundle", b"one" * 100), "version": "1.0.0", "payload": "app"}]
+    site.play(listed)
+    new = b"two" * 120
+    extra = [{"src": site.image("app-2.bundle", new), "version": "2.0.0", "payload": "app"}]
+    site.play(listed, "-e", json.dumps({"ota_server_images": extra}))
+    text = (site.www / "manifest.json").read_text()
+    assert set(_published(site)) == {("app", "1.0.0"), ("app", "2.0.0")}
+    plain = site.play(listed)
+    assert site.changed(plain) == 0, plain.stdout[-3000:]
+    assert (site.www / "manifest.json").read_text() == text
+    assert (site.www / "app/2.0.0/app-2.bundle").read_bytes() == new
+    entry = _published(site)[("app", "2.0.0")]
+    public = otasign.current_public_key(str(site.secrets / "signing"))
+    assert entry["sha256"] == hashlib.sha256(new).hexdigest() and entry["size"] == len(new)
+    assert otasign.verify_entry(public, "app", "2.0.0", len(new), entry["sha256"], 0, entry["signature"])
+
+
+def test_an_image_goes_only_when_removed_by_name(site):
+    listed = [{"src": site.image("app-1.bundle", b"one" * 100), "version": "1.0.0", "payload": "app"}]
+    extra = [{"src": site.image("app-2.bundle", b"two" * 120), "version": "2.0.0", "payload": "app"}]
+    site.play(listed + extra)
+    absent = json.dumps({"ota_server_images_absent": [{"payload": "app", "version": "2.0.0"}]})
+    removed = site.play(listed, "-e", absent)
+    assert site.changed(removed) > 0
+    assert set(_published(site)) == {("app", "1.0.0")}
+    assert not (site.www / "app/2.0.0").exists(), "the removed image is still served"
+    assert (site.www / "app/1.0.0/app-1.bundle").exists()
+    again = site.play(listed)
+    assert site.changed(again) == 0, again.stdout[-3000:]
+    assert set(_published(site)) == {("app", "1.0.0")}
+
+
+def test_an_image_both_listed_and_absent_stops_the_play_before_any_change(site):
+    listed = [{"src": site.image("app-1.bundle", b"one" * 100), "version": "1.0.0", "payload": "app"}]
+    site.play(listed)
+    text = (site.www / "manifest.json").read_text()
+    run = site.play(listed, "-e", json.dumps({"ota_server_images_absent": [{"payload": "app", "version": "1.0.0"}]}),
+                    ok=False)
+    assert ("ota_server_images_absent: item 0 (payload app version 1.0.0) is also listed in ota_server_images"
+            in " ".join(run.stdout.split()))
+    assert (site.www / "manifest.json").read_text() == text
+
+
+def test_a_kept_image_whose_bytes_changed_on_the_server_stops_the_play(site):
+    listed = [{"src": site.image("app-1.bundle", b"one" * 100), "version": "1.0.0", "payload": "app"}]
+    extra = [{"src": site.image("app-2.bundle", b"two" * 120), "version": "2.0.0", "payload": "app"}]
+    site.play(listed + extra)
+    text = (site.www / "manifest.json").read_text()
+    (site.www / "app/2.0.0/app-2.bundle").write_bytes(b"tampered")
+    run = site.play(listed, ok=False)
+    out = " ".join(run.stdout.split())
+    assert f"the manifest on the server publishes {site.www}/app/2.0.0/app-2.bundle, but" in out
+    assert (site.www / "manifest.json").read_text() == text

@@ -8,8 +8,21 @@ edgefleet_ota_entries(images, base_url, web_root)
     name and security_version (default 0). Raises AnsibleFilterError naming
     the image and the problem.
 
+edgefleet_ota_kept(manifest_text, entries, absent, base_url, web_root)
+    The images the server already publishes that stay published: every image
+    of the current manifest (*manifest_text*, '' when there is none) that is
+    neither listed again in *entries* (the listed one wins) nor named in
+    *absent* (``ota_server_images_absent``: a list of {payload, version}).
+    Each comes back placed as edgefleet_ota_entries places an image, with
+    ``src`` None and the ``size`` and ``sha256`` the manifest signed (the role
+    checks the server's bytes against them). An image published once (with
+    -e, say) so stays until an operator removes it by name. Raises
+    AnsibleFilterError on an unreadable manifest, a malformed absent entry,
+    or an image both listed and absent.
+
 edgefleet_ota_manifest(entries, digests, base_url, site, signing_key)
-    The manifest's JSON text (deterministic: same input, same bytes).
+    The manifest's JSON text (deterministic: same images, same bytes, in
+    whatever order they come: the manifest lists them by payload, version).
     *digests* is a list parallel to *entries*, each {size, sha256} of the
     bytes the server holds (the role reads them with stat on the target).
     *signing_key* is the path of the site's OTA signing key on the Ansible
@@ -117,6 +130,63 @@ def edgefleet_ota_entries(images, base_url, web_root):
     return entries
 
 
+def _absent_keys(absent, listed):
+    if absent is None:
+        absent = []
+    if not isinstance(absent, list):
+        raise AnsibleFilterError("ota_server_images_absent must be a list of {payload, version}, got %s"
+                                 % type(absent).__name__)
+    keys = set()
+    for i, item in enumerate(absent):
+        if (not isinstance(item, dict) or set(item) != {"payload", "version"} or item["payload"] not in PAYLOADS
+                or not isinstance(item["version"], str) or not VERSION_RE.match(item["version"])):
+            raise AnsibleFilterError("ota_server_images_absent: item %d must be {payload: %s, version: <a version "
+                                     "string>}, got %r" % (i, "|".join(PAYLOADS), item))
+        key = (item["payload"], item["version"])
+        if key in listed:
+            raise AnsibleFilterError("ota_server_images_absent: item %d (payload %s version %s) is also listed in "
+                                     "ota_server_images: an image is either published or removed" % ((i,) + key))
+        keys.add(key)
+    return keys
+
+
+def edgefleet_ota_kept(manifest_text, entries, absent, base_url, web_root):
+    listed = {(e["payload"], e["version"]) for e in entries}
+    absent_keys = _absent_keys(absent, listed)
+    if not manifest_text:
+        return []
+    where = "the manifest on the server (%s/manifest.json)" % web_root.rstrip("/")
+    try:
+        old = json.loads(manifest_text)
+        images = old["images"]
+        if not isinstance(images, list):
+            raise TypeError("images is not a list")
+    except (ValueError, KeyError, TypeError) as e:
+        raise AnsibleFilterError("%s is not a manifest this role wrote (%s): the role cannot tell which images it "
+                                 "publishes. Move it away and list every image to publish in ota_server_images."
+                                 % (where, e))
+    kept, digests = [], []
+    for image in images:
+        try:
+            key = (image["payload"], image["version"])
+            size, sha256 = image["size"], image["sha256"]
+            item = {"src": "(%s)" % where, "payload": image["payload"], "version": image["version"],
+                    "name": image["name"], "security_version": image.get("security_version", 0)}
+        except (KeyError, TypeError) as e:
+            raise AnsibleFilterError("%s: image %r lacks %s" % (where, image, e))
+        if key in listed or key in absent_keys:
+            continue
+        if (isinstance(size, bool) or not isinstance(size, int) or size <= 0 or not isinstance(sha256, str)
+                or not SHA256_RE.match(sha256)):
+            raise AnsibleFilterError("%s: image %s %s has size %r and sha256 %r" % ((where,) + key + (size, sha256)))
+        kept.append(item)
+        digests.append({"size": size, "sha256": sha256})
+    placed = edgefleet_ota_entries(kept, base_url, web_root)
+    for entry, digest in zip(placed, digests):
+        entry.update(digest, src=None)
+    return placed
+
+
 def edgefleet_ota_manifest(entries, digests, base_url, site, signing_key):
     if len(entries) != len(digests):
         raise AnsibleFilterError("edgefleet_ota_manifest: %d entries but %d digests" % (len(entries), len(digests)))
@@ -144,6 +214,7 @@ def edgefleet_ota_manifest(entries, digests, base_url, site, signing_key):
         images.append({"payload": entry["payload"], "version": entry["version"], "name": entry["name"],
                        "path": entry["path"], "url": entry["url"], "size": size, "sha256": sha256,
                        "security_version": security_version, "signature": signature})
+    images.sort(key=lambda image: (image["payload"], image["version"]))
     manifest = {"manifest_version": MANIFEST_VERSION, "site": site, "base_url": base_url, "images": images,
                 "signing_key": public_key}
     return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
@@ -153,5 +224,6 @@ class FilterModule:
     def filters(self):
         return {
             "edgefleet_ota_entries": edgefleet_ota_entries,
+            "edgefleet_ota_kept": edgefleet_ota_kept,
             "edgefleet_ota_manifest": edgefleet_ota_manifest,
         }
