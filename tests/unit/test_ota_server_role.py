@@ -635,3 +635,39 @@ def test_default_base_url_is_plain_http_whatever_tls_does():
     ctx = role_vars("ota_server", {"edgefleet_site": "test", "ota_server_url_host": "10.1.2.3",
                                    "ota_server_http_port": 80})
     assert value(ctx, "ota_server_base_url") == "http://10.1.2.3:80"
+
+
+def test_kept_images_are_the_published_ones_not_listed_again_nor_removed(signing):
+    entries, digests, text = _signed_manifest(signing)
+    # nothing listed: both published images stay, placed as before, with the digests the manifest signed
+    kept = F.edgefleet_ota_kept(text, [], [], BASE, "/s")
+    assert [(k["payload"], k["version"], k["dest"], k["size"], k["sha256"], k["src"]) for k in kept] == [
+        ("app", "1.0.0", "/s/app/1.0.0/a.bin", 10, "a" * 64, None),
+        ("firmware", "1.24.1", "/s/firmware/1.24.1/mp.bin", 20, "b" * 64, None)]
+    assert kept[1]["security_version"] == 5
+    # the same images, listed or kept, in any order, give the same manifest
+    assert F.edgefleet_ota_manifest([entries[1]] + kept[:1], [digests[1], digests[0]], BASE, "lab",
+                                    signing.path) == text
+    # a listed image wins; one named absent goes; no manifest yet: nothing kept
+    assert [k["version"] for k in F.edgefleet_ota_kept(text, entries[:1], [], BASE, "/s")] == ["1.24.1"]
+    assert F.edgefleet_ota_kept(text, [], [{"payload": "app", "version": "1.0.0"},
+                                           {"payload": "firmware", "version": "1.24.1"}], BASE, "/s") == []
+    assert F.edgefleet_ota_kept("", [], None, BASE, "/s") == []
+
+
+@pytest.mark.parametrize("manifest, absent, fragment", [
+    ("not json", [], "the manifest on the server (/s/manifest.json) is not a manifest this role wrote"),
+    ('{"images": {}}', [], "is not a manifest this role wrote"),
+    ('{"images": [{"payload": "app"}]}', [], "lacks 'version'"),
+    ('{"images": [{"payload": "app", "version": "1", "name": "a", "size": 0, "sha256": "x"}]}', [],
+     "image app 1 has size 0"),
+    ("", {"payload": "app"}, "ota_server_images_absent must be a list"),
+    ("", [{"payload": "app"}], "ota_server_images_absent: item 0 must be {payload: app|firmware, version:"),
+    ("", [{"payload": "app", "version": "1.0.0", "src": "/x"}], "item 0 must be"),
+    ("", [{"payload": "app", "version": "../1"}], "item 0 must be"),
+    ("", [{"payload": "app", "version": "1.0.0"}], "item 0 (payload app version 1.0.0) is also listed"),
+])
+def test_kept_refuses_an_unreadable_manifest_or_a_bad_absent_entry(manifest, absent, fragment):
+    with pytest.raises(AnsibleFilterError) as e:
+        F.edgefleet_ota_kept(manifest, F.edgefleet_ota_entries([_img()], BASE, "/s"), absent, BASE, "/s")
+    assert fragment in str(e.value)
