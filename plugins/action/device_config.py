@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 # -*- coding: utf-8 -*-
 """Action plugin edgefleet.site.device_config: push each device's desired
 config (from inventory) over one MQTT session and confirm it. Documentation:
@@ -40,7 +43,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         task_vars = task_vars or {}
         result = super(ActionModule, self).run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=ARGSPEC)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGSPEC)
         started = time.monotonic()
 
         try:

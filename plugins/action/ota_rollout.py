@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 # -*- coding: utf-8 -*-
 """Action plugin edgefleet.site.ota_rollout: roll a firmware image out in
 waves over one MQTT session, with abort threshold, soak and resume.
@@ -74,7 +77,7 @@ class ActionModule(ActionBase):
         image = self._task.args.get("image")
         if isinstance(image, dict):  # a manifest entry: its other keys (name, ...) are not ours
             self._task.args["image"] = dict((k, v) for k, v in image.items() if k in IMAGE_SPEC)
-        _, args = self.validate_argument_spec(argument_spec=ARGSPEC)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGSPEC)
         try:
             devices = fleetmqtt.target_devices(args["devices"], task_vars)
         except fleetmqtt.FleetMqttError as e:
@@ -370,5 +373,5 @@ class Rollout(object):
         if state.aborted is not None:
             r["failed"] = True
             r["msg"] = "aborted in wave %d/%d: %s (%s)" % (state.aborted["wave"] + 1, len(state.waves),
-                                                            state.aborted["reason"], r["msg"])
+                                                           state.aborted["reason"], r["msg"])
         return r

@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 # -*- coding: utf-8 -*-
 """Action plugin edgefleet.site.ota_signing_key: the site's OTA signing key
 in the secrets directory on the Ansible controller (created once, checked on
@@ -27,7 +30,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars or {})
-        _, args = self.validate_argument_spec(argument_spec=ARGSPEC)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGSPEC)
         try:
             result.update(self._run(args["dir"], args["state"], self._task.check_mode))
         except otasign.SigningKeyError as e:

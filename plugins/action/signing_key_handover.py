@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 # -*- coding: utf-8 -*-
 """Action plugin edgefleet.site.signing_key_handover: hand every device
 over to the site's next OTA signing key (signed by the current one) over one
@@ -34,7 +37,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         task_vars = task_vars or {}
         result = super(ActionModule, self).run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=ARGSPEC)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGSPEC)
         try:
             devices = fleetmqtt.target_devices(args["devices"], task_vars)
             inventory_vars = fleetmqtt.site_vars(task_vars, self._templar.template)
@@ -59,7 +62,7 @@ class ActionModule(ActionBase):
                 # check mode of a rotation whose next key the real run creates first
                 new_hex, cmd, state = None, None, handover.HandoverState.empty(record)
             else:
-                _, new_hex = otasign.load_pair(directory, "next")
+                _new_key, new_hex = otasign.load_pair(directory, "next")
                 signature = otasign.sign_handover(current, new_hex)
                 if not otasign.verify_handover(current_hex, new_hex, signature):
                     raise otasign.SigningKeyError("the hand-over signature does not verify with current.pub")
@@ -102,8 +105,8 @@ class ActionModule(ActionBase):
         session.flush(timeout=max(10.0, args["timeout"]))
         display.display("signing_key_handover: sent the hand-over to %s... to %d device(s) (%d accepted before, %d "
                         "offline); waiting for their answers" % (new_hex[:20], len(to_send),
-                                                                  sum(1 for d in plan if d.state == handover.SKIPPED),
-                                                                  sum(1 for d in plan if d.state == handover.OFFLINE)))
+                                                                 sum(1 for d in plan if d.state == handover.SKIPPED),
+                                                                 sum(1 for d in plan if d.state == handover.OFFLINE)))
         deadline = time.monotonic() + args["timeout"]
         next_progress = time.monotonic() + PROGRESS_EVERY_S
         waiting = len(to_send)

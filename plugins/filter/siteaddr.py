@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """Filters for the site controller's device-facing address
 (``edgefleet_controller_address``); the logic is in
 plugins/module_utils/siteaddr.py.

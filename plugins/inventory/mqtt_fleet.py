@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 # -*- coding: utf-8 -*-
 """Inventory plugin: the fleet as the site broker sees it, from the devices'
 retained announce and status messages (docs/architecture.md, sections 3 and 5)."""
@@ -127,7 +130,7 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 from ansible_collections.edgefleet.site.plugins.module_utils import contract, fleetmqtt, identity
 
 try:  # ansible-core 2.19+: a string is a template only when tagged as trusted, which device data never is
-    from ansible.module_utils._internal import _datatag  # noqa: F401
+    from ansible.module_utils._internal import _datatag  # noqa: F401  # pylint: disable=unused-import
 
     def _untrusted(value):
         return value
@@ -158,7 +161,7 @@ def fw_group(fw):
 def check_device_id(device_id):
     """The kind of a device id; Skip when the id or its kind is not the contract's."""
     try:
-        kind, _ = identity.split_device_id(device_id)
+        kind, _suffix = identity.split_device_id(device_id)
     except ValueError as e:
         raise Skip(str(e))
     return kind

@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """The device contract of docs/architecture.md, section 3: topics, channels, commands and
 OTA messages, in one place for the firmware, the simulator, the mosquitto
 role's ACL and the controller-side plugins.
@@ -154,7 +157,7 @@ def ota_signed_message(payload, version, size, sha256, security_version):
     line after a domain tag. The URL is not signed (it is transport only);
     nothing else in the command changes what is installed."""
     return ("edgefleet-ota-1\n%s\n%s\n%d\n%s\n%d\n" % (payload, version, size, sha256.lower(),
-                                                          security_version)).encode()
+                                                       security_version)).encode()
 
 
 def key_rotation_message(new_key):

@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """Device configuration: defaults, validation with a reason, ack payloads
 (docs/architecture.md, sections 3 and 10). Part of the device contract: the firmware image packs
 this file as it is, the simulator imports it, and controller-side plugins
@@ -62,7 +65,7 @@ def _is_int(v):
 
 
 def _is_num(v):
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v  # not NaN
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v  # not NaN  # pylint: disable=comparison-with-itself
 
 
 def _check_rom_map(name, value, lo, hi):

@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """Flashing ESP32 boards with esptool's Python API: the logic behind the
 esp32_flash module (docs/architecture.md, section 5), kept here so that it is unit
 tested without Ansible.
@@ -144,7 +147,7 @@ def check_devices(devices, where="devices"):
         if not isinstance(dev, dict) or "id" not in dev or "mac" not in dev:
             raise FlashError("%s must be a dict with id and mac" % label)
         try:
-            kind, _ = identity.split_device_id(dev["id"])
+            kind, _suffix = identity.split_device_id(dev["id"])
             mac = format_mac(dev["mac"])
         except ValueError as e:
             raise FlashError("%s (%s): %s" % (label, dev.get("id"), e))
@@ -237,7 +240,7 @@ _installed = []
 
 def install_quiet_log():
     """Route esptool's output into per-thread lists (esptool has one global logger)."""
-    _, TemplateLogger, log = _esptool()
+    _cmds, TemplateLogger, log = _esptool()
 
     class QuietLog(TemplateLogger):
         def _add(self, text):
@@ -279,7 +282,7 @@ def _result(port):
 
 def _session(port, result, baud, flash_baud, connect_attempts, work):
     """Connect, read chip and MAC into *result*, then work(esp, mac_text)."""
-    cmds, _, _ = _esptool()
+    cmds, _logger_class, _log = _esptool()
     started = time.monotonic()
     _thread_messages.messages = result["log"]
     conn = None
@@ -326,7 +329,7 @@ def flash_port(port, plan, check_mode=False, baud=115200, flash_baud=None, conne
         cmds.attach_flash(esp)
         stale = [(addr, data) for addr, data in sorted(regions)
                  if esp.flash_md5sum(addr, len(data)) != hashlib.md5(data).hexdigest()]
-        result["regions_written"] = ["0x%x" % addr for addr, _ in stale]
+        result["regions_written"] = ["0x%x" % addr for addr, _data in stale]
         result["changed"] = bool(stale)
         if stale and not check_mode:
             # esptool compares each written region's MD5 with the board's: a

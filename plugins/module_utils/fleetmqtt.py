@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """One MQTT session to a site broker for the controller-side fleet plugins
 (the device_config and ota_rollout action plugins, the mqtt_fleet inventory
 plugin): connect as the controller's service user, take a snapshot of the
@@ -267,7 +270,7 @@ class FleetSession:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise FleetMqttError("no %s from the broker %s:%d within %.1f s" % (what, self.host, self.port,
-                                                                                       timeout))
+                                                                                        timeout))
                 # re-check at least every 50 ms: paho marks a message published
                 # around its on_publish callback, not always before it
                 self._cond.wait(min(left, 0.05))
@@ -301,10 +304,10 @@ class FleetSession:
         if result != paho.MQTT_ERR_SUCCESS:
             raise FleetMqttError("subscribe failed: %s" % paho.error_string(result))
         self._wait(lambda: mid in self._subacks, timeout, "SUBACK")
-        refused = [t for (t, _), rc in zip(topics, self._subacks[mid]) if rc >= 0x80]
+        refused = [t for (t, _qos), rc in zip(topics, self._subacks[mid]) if rc >= 0x80]
         if refused:
             raise FleetMqttError("the broker refused user %s a subscription to %s" % (self.username,
-                                                                                     ", ".join(refused)))
+                                                                                      ", ".join(refused)))
         self.sync(timeout)
 
     def unsubscribe(self, channels):

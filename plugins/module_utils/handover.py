@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """Handing the fleet over to a new OTA signing key: the controller-side
 logic behind the signing_key_handover action plugin. Pure: no Ansible, no
 MQTT, no clock (times are passed in).
@@ -93,7 +96,7 @@ class HandoverState(object):
         except ValueError as e:
             raise HandoverError("%s is not a hand-over record: %s" % (path, e))
         if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("devices"),
-                                                                                             dict):
+                                                                                            dict):
             raise HandoverError("%s is not a hand-over record of format %d" % (path, FORMAT))
         if record.get("new_key") != new_public_hex:
             accepted = sorted(d for d, r in record["devices"].items() if r.get("state") == ACCEPTED)

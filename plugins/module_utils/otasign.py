@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """The site's OTA signing key on the Ansible controller (CPython, the
 ``cryptography`` package): created once, checked on every use, never
 regenerated implicitly, never copied anywhere but the secrets directory.
@@ -343,7 +346,7 @@ def ensure_key(directory, name="current", dry_run=False):
 def current_public_key(directory):
     """The current public key hex (what flash stations and the rollout
     check against), from its file; SigningKeyError when there is none."""
-    _, pub_path = key_paths(directory, "current")
+    _key_path, pub_path = key_paths(directory, "current")
     if not os.path.exists(pub_path):
         raise SigningKeyError("there is no OTA signing key: %s does not exist (the ota_signing role creates it; "
                               "site.yml runs it with the ota_server role)" % pub_path)
@@ -418,8 +421,8 @@ def promote(directory):
     if not os.path.exists(next_key):
         raise SigningKeyError("there is no next key to promote in %s: create it first (ota_signing_key state=next)"
                               % directory)
-    _, new_hex, _ = _check_pair(directory, "next")
-    _, old_hex, _ = _check_pair(directory, "current")
+    _new_key, new_hex, _new_changed = _check_pair(directory, "next")
+    _old_key, old_hex, _old_changed = _check_pair(directory, "current")
     _retire(directory)
     os.link(cur_pub, prev_pub)
     os.link(cur_key, prev_key)

@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """The device registry: boards registered at the flash station, kept in one
 YAML inventory file inside the site's inventory directory
 (``inventories/<site>/registry.yml``), which Ansible reads with the rest of
@@ -45,7 +48,7 @@ def parse(data, where):
         for device, hostvars in sorted(hosts.items()):
             where_host = "%s: host %s" % (where, device)
             try:
-                id_kind, _ = identity.split_device_id(device)
+                id_kind, _suffix = identity.split_device_id(device)
                 mac = identity.parse_mac((hostvars or {}).get("device_mac", ""))
             except ValueError as e:
                 raise RegistryError("%s: %s" % (where_host, e))

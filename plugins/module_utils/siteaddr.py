@@ -1,3 +1,6 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """The device-facing address of a site controller (``edgefleet_controller_address``).
 
 Devices reach the controller by one name or IP address: the broker host

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 # -*- coding: utf-8 -*-
 """Documentation of the device_config action plugin (plugins/action/device_config.py).
 The code runs on the Ansible controller, in the action plugin; this file only
@@ -29,7 +32,7 @@ description:
     C(timed_out), or C(offline) (the retained config waits for it)."
   - C(changed) is true only for devices that applied settings that differ from the ones they had.
 version_added: "0.1.0"
-author: edgefleet
+author: edgefleet developers (!UNKNOWN)
 extends_documentation_fragment:
   - edgefleet.site.fleet_broker
 options:
@@ -65,10 +68,13 @@ notes:
   - Run it with C(run_once) (playbooks/configure.yml does); each run handles every device in I(devices).
 attributes:
   check_mode:
+    description: Check mode (C(--check)) reports what would change and changes nothing.
     support: full
   diff_mode:
+    description: Diff mode (C(--diff)) shows what changes, or in check mode what would change.
     support: full
   action:
+    description: Runs as an action plugin on the Ansible controller; this module file holds its documentation.
     support: full
 """
 

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """esp32_flash: flash ESP32 boards on a flash station, each with its own identity."""
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ description:
     fails after the others have finished, naming each failed port.
   - Passwords never appear in results, logs or diffs.
 version_added: "0.1.0"
-author: edgefleet
+author: edgefleet developers (!UNKNOWN)
 options:
   state:
     description:
@@ -151,8 +154,10 @@ requirements:
     C(flash_station) installs them in a virtualenv from the controller's artifact cache).
 attributes:
   check_mode:
+    description: Check mode (C(--check)) reports what would change and changes nothing.
     support: full
   diff_mode:
+    description: Diff mode (C(--diff)) shows what changes, or in check mode what would change.
     support: full
 """
 
@@ -190,11 +195,11 @@ boards:
   elements: dict
   contains:
     port: {description: The port., type: str, sample: /dev/edgefleet/slot1}
-    device_id: {description: The device id (registered, or derived from I(kind))., type: str, sample: psu-ktcyat68}
+    device_id: {description: "The device id (registered, or derived from I(kind)).", type: str, sample: psu-ktcyat68}
     mac: {description: The MAC the board reported., type: str, sample: "24:0a:c4:12:34:01"}
     chip: {description: The chip esptool detected., type: str, sample: ESP32-D0WD-V3 (revision v3.1)}
     image_sha256: {description: sha256 of the board's whole flash image (C(python -m firmware.image) prints the same)., type: str}
-    changed: {description: Regions differed (and, unless in check mode, were written)., type: bool}
+    changed: {description: "Regions differed (and, unless in check mode, were written).", type: bool}
     regions_written: {description: Offsets of the regions that differed., type: list, elements: str, sample: ["0x310000"]}
     seconds: {description: Time spent on this board., type: float, sample: 21.4}
     error: {description: Why this board failed; null on success., type: str}
@@ -225,7 +230,7 @@ ARGS = dict(
     broker_port=dict(type="int", default=8883),
     broker_tls=dict(type="bool", default=True),
     ca_cert=dict(type="str"),
-    signing_key=dict(type="str"),
+    signing_key=dict(type="str", no_log=False),  # the public key: no secret
     wifi_ssid=dict(type="str"),
     wifi_password=dict(type="str", no_log=True),
     micropython_image=dict(type="path"),
@@ -245,7 +250,7 @@ def load_image_build(src):
                                     "host" % src)
     if src not in sys.path:
         sys.path.insert(0, src)
-    import firmware.image as image  # pylint: disable=import-outside-toplevel
+    from firmware import image  # pylint: disable=import-outside-toplevel
     import firmware.sim  # noqa: F401  (the app and the contract on sys.path, as on a device)
     import device as app  # firmware/app/device.py: FW_VERSION
     return image, app.FW_VERSION

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """fleet_registry: register new boards in the site inventory."""
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ description:
     into the secrets directory when it next runs, as for every device (C(playbooks/flash.yml) runs it
     right after this).
 version_added: "0.1.0"
-author: edgefleet
+author: edgefleet developers (!UNKNOWN)
 options:
   path:
     description: The registry file, inside the site's inventory directory so that Ansible reads it.
@@ -55,8 +58,10 @@ notes:
     before and after.
 attributes:
   check_mode:
+    description: Check mode (C(--check)) reports what would change and changes nothing.
     support: full
   diff_mode:
+    description: Diff mode (C(--diff)) shows what changes, or in check mode what would change.
     support: full
 """
 

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 # -*- coding: utf-8 -*-
 """Documentation of the ota_rollout action plugin (plugins/action/ota_rollout.py).
 The code runs on the Ansible controller, in the action plugin; this file only
@@ -38,7 +41,7 @@ description:
     retained status shows a device that finished meanwhile) and carries on with the next wave. An aborted
     rollout stays aborted; start a new I(rollout_id) to try again."
 version_added: "0.1.0"
-author: edgefleet
+author: edgefleet developers (!UNKNOWN)
 extends_documentation_fragment:
   - edgefleet.site.fleet_broker
 options:
@@ -135,10 +138,13 @@ notes:
     writes no state file.
 attributes:
   check_mode:
+    description: Check mode (C(--check)) reports what would change and changes nothing.
     support: full
   diff_mode:
+    description: Diff mode gives no diff for this module.
     support: none
   action:
+    description: Runs as an action plugin on the Ansible controller; this module file holds its documentation.
     support: full
 """
 

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 # -*- coding: utf-8 -*-
 """Documentation of the ota_signing_key action plugin (plugins/action/ota_signing_key.py).
 The code runs on the Ansible controller, in the action plugin; this file only
@@ -31,7 +34,7 @@ description:
     hand-over (edgefleet.site.signing_key_handover; C(playbooks/signing_key.yml) does both in order). It also
     finishes a promotion that was interrupted between its renames."
 version_added: "0.1.0"
-author: edgefleet
+author: edgefleet developers (!UNKNOWN)
 options:
   dir:
     description: The key directory on the Ansible controller, normally C(<edgefleet_secrets_dir>/signing).
@@ -50,10 +53,13 @@ notes:
     means re-flashing every board.
 attributes:
   check_mode:
+    description: Check mode (C(--check)) reports what would change and changes nothing.
     support: full
   diff_mode:
+    description: Diff mode gives no diff for this module.
     support: none
   action:
+    description: Runs as an action plugin on the Ansible controller; this module file holds its documentation.
     support: full
 """
 

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 # -*- coding: utf-8 -*-
 """Documentation of the signing_key_handover action plugin (plugins/action/signing_key_handover.py).
 The code runs on the Ansible controller, in the action plugin; this file only
@@ -30,7 +33,7 @@ description:
     order.
   - The private keys never leave the Ansible controller; devices get the new public key and the signature.
 version_added: "0.1.0"
-author: edgefleet
+author: edgefleet developers (!UNKNOWN)
 extends_documentation_fragment:
   - edgefleet.site.fleet_broker
 options:
@@ -53,10 +56,13 @@ notes:
     from then on get the new public key.
 attributes:
   check_mode:
+    description: Check mode (C(--check)) reports what would change and changes nothing.
     support: full
   diff_mode:
+    description: Diff mode gives no diff for this module.
     support: none
   action:
+    description: Runs as an action plugin on the Ansible controller; this module file holds its documentation.
     support: full
 """
 
