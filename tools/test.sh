@@ -118,6 +118,9 @@ fi
 if setup; then
   stage "yamllint" yamllint --strict .
   stage "ansible-lint (production profile)" ansible-lint --profile production
+  # ansible-test sanity on a copy of the collection with real files, offline
+  # (about 45 s here; tools/sanity.sh says which tests it skips and why).
+  stage "ansible-test sanity (collection edgefleet.site)" bash tools/sanity.sh
   # pytest (host processes on ports it picks itself, no containers) runs
   # beside the longest Molecule scenario (site): on a 2-core machine the two
   # overlap their waits, which keeps the suite under 30 minutes. The
