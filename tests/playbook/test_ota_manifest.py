@@ -135,6 +135,8 @@ def test_an_image_published_with_extra_vars_stays_through_a_plain_run(site):
     site.play(listed, "-e", json.dumps({"ota_server_images": extra}))
     text = (site.www / "manifest.json").read_text()
     assert set(_published(site)) == {("app", "1.0.0"), ("app", "2.0.0")}
+    check = site.play(listed, "--check", "--diff")
+    assert site.changed(check) == 0, check.stdout[-3000:]
     plain = site.play(listed)
     assert site.changed(plain) == 0, plain.stdout[-3000:]
     assert (site.www / "manifest.json").read_text() == text
