@@ -30,11 +30,19 @@ def this_python_yaml(python):  # pylint: disable=unused-argument
     return hasattr(yaml, "CSafeLoader")
 
 
+__import__("ansible_test._internal.commands.sanity.import")
+IMPORT_TEST = sys.modules["ansible_test._internal.commands.sanity.import"]
+# ansible-test's internals (ansible-core 2.19): stop clearly if they moved.
+for module, name in ((sanity, "create_sanity_virtualenv"), (sanity, "check_sanity_virtualenv_yaml"),
+                     (IMPORT_TEST, "create_sanity_virtualenv"), (IMPORT_TEST, "check_sanity_virtualenv_yaml")):
+    if not callable(getattr(module, name, None)):
+        sys.exit("tools/ansible_test_offline.py: %s.%s is gone in this ansible-test; adapt the wrapper to it"
+                 % (module.__name__, name))
 sanity.create_sanity_virtualenv = this_python
 sanity.check_sanity_virtualenv_yaml = this_python_yaml
-# The import test imported the function by name before the patch.
-__import__("ansible_test._internal.commands.sanity.import")
-sys.modules["ansible_test._internal.commands.sanity.import"].create_sanity_virtualenv = this_python
+# The import test imported both functions by name.
+IMPORT_TEST.create_sanity_virtualenv = this_python
+IMPORT_TEST.check_sanity_virtualenv_yaml = this_python_yaml
 
 if __name__ == "__main__":
     from ansible_test._util.target.cli.ansible_test_cli_stub import main
