@@ -74,6 +74,57 @@ def boot_from_flash(state_dir, flash, mac):
     return root, device["id"], kind
 
 
+OTA_VALID, OTA_NEW = 2, 0  # esp_ota_img_states_t
+
+
+def otadata_entry(seq, state):
+    """One ESP-IDF otadata entry (esp_ota_select_entry_t): ota_seq, seq_label,
+    ota_state and the CRC32 of ota_seq, in a 4 KiB sector."""
+    import struct
+
+    entry = struct.pack("<I20sII", seq, b"\xff" * 20, state, _ota_crc(seq))
+    return entry + b"\xff" * (0x1000 - len(entry))
+
+
+def _ota_crc(seq):
+    """esp_rom_crc32_le(UINT32_MAX, &ota_seq, 4), as the bootloader checks it."""
+    import binascii
+    import struct
+    return binascii.crc32(struct.pack("<I", seq), 0xFFFFFFFF) & 0xFFFFFFFF
+
+
+def write_to_flash(root, flash, firmware=None):
+    """What the running board wrote, back into its flash bytes (*flash*, a
+    bytearray: a dump, or the flash of a ROM-protocol peer): the files under
+    *root* as the littlefs partition, found through the flash's own
+    partition table, and, with *firmware* (the board's SimFirmware) after an
+    image update, the new image and the boot selection (otadata), so that a
+    second flash sees what a used board holds."""
+    from firmware.image import littlefs_image, read_partition_table
+
+    files = {}
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            full = os.path.join(folder, name)
+            with open(full, "rb") as f:
+                files[os.path.relpath(full, root).replace(os.sep, "/")] = f.read()
+    table = {label: (offset, size) for label, _t, _s, offset, size in read_partition_table(flash)}
+    offset, size = table["vfs"]
+    flash[offset:offset + size] = littlefs_image(files, size)
+    if firmware is not None and os.path.exists(os.path.join(firmware.root, "ota_1.bin")):
+        st = firmware._load()
+        for label in ("ota_0", "ota_1"):
+            path = os.path.join(firmware.root, label + ".bin")
+            if os.path.exists(path) and label in table:
+                with open(path, "rb") as f:
+                    image = f.read()
+                flash[table[label][0]:table[label][0] + len(image)] = image
+        seq = 2 if st["boot"] == "ota_1" else 3  # seq 1 boots ota_0, 2 ota_1, 3 ota_0 again
+        off = table["otadata"][0]
+        flash[off:off + 0x2000] = otadata_entry(seq, OTA_NEW if st["pending"] else OTA_VALID) + b"\xff" * 0x1000
+    return files
+
+
 def kind_config(kind, mac=None):
     """The flash-time config of each simulated kind (which sensors it has).
     With the board's *mac*, each DS18B20 is pinned to its zone by ROM code,
@@ -90,11 +141,19 @@ def kind_config(kind, mac=None):
 
 
 class SimDevice:
-    def __init__(self, root, mac, kind, time_scale=1.0):
+    def __init__(self, root, mac, kind, time_scale=1.0, flash=None):
+        """*flash*: the bytearray the board booted from (boot_from_flash); what
+        the app writes goes back into it at every reset and power-off."""
         self.board = HostBoard(root, mac, kind, time_scale=time_scale)
+        self.root = root
+        self.flash = flash
         self.device = None
         self.task = None
         self.boots = 0
+
+    def sync_flash(self):
+        if self.flash is not None:
+            write_to_flash(self.root, self.flash, self.board.firmware)
 
     async def run(self):
         """Boot, run, reset, forever: what the ESP-IDF bootloader, main.py
@@ -117,6 +176,7 @@ class SimDevice:
                 supervisor.record_crash(board.fs, supervisor.describe(e), state["active"], board.uptime_s())
                 board.last_reset = "soft"
             self._shutdown_device()
+            self.sync_flash()
 
     async def _run_app(self):
         """Run the app until it resets; the simulated hardware watchdog
@@ -166,6 +226,7 @@ class SimDevice:
                 pass
             self.task = None
         self._shutdown_device()
+        self.sync_flash()
         self.board.last_reset = "power_on"
 
     def go_offline(self, seconds):
