@@ -163,8 +163,8 @@ def test_a_used_board_keeps_what_it_wrote_gets_the_projects_new_files_and_factor
     # all but ota_1, which the image does not define: with a blank boot selection it never boots
     assert bytes(peer.flash[:ota_1[3]]) == whole[:ota_1[3]]
     assert bytes(peer.flash[ota_1[3] + ota_1[4]:]) == whole[ota_1[3] + ota_1[4]:]
-    print("blocks read %s; seconds: first %s, same %s, rotated %s, check %s, reset %s" % (same["blocks_read"],) + tuple(
-        r["seconds"] for r in (first, same, rotated, would, reset)))
+    print("blocks read %s; seconds: first %s, same %s, rotated %s, check %s, reset %s" % ((same["blocks_read"],) + tuple(
+        r["seconds"] for r in (first, same, rotated, would, reset))))
     assert set(board_fs(peer)) == set(fresh)
 
 
