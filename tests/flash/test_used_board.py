@@ -102,6 +102,25 @@ def run_board(peer, broker, key, www, tmp_path):
     return image
 
 
+def boot_and_status(peer, broker, state_dir):
+    """Boot the simulator from the peer's flash until its first online status; return that status."""
+    root, _, kind = fleet.boot_from_flash(str(state_dir), bytes(peer.flash), RAW)
+    sim = fleet.SimDevice(root, RAW, kind, time_scale=0.02, flash=peer.flash)
+    ctl = watcher(broker, "controller", topic(DEV, "status"))
+
+    async def main():
+        sim.start()
+        try:
+            await online(ctl, DEV)
+        finally:
+            await sim.stop()
+
+    asyncio.run(main())
+    statuses = [s for s in payloads(ctl, "status", DEV) if s.get("online")]
+    ctl.close()
+    return statuses[0], sim.board.firmware_running()
+
+
 @pytest.fixture
 def peer():
     p = RomPeer(RAW).start()
@@ -124,7 +143,7 @@ def test_a_used_board_keeps_what_it_wrote_gets_the_projects_new_files_and_factor
     assert json.loads(used["boot.json"])["active"] == "b" and used["app_b/device.py"] == b"# the updated app\n"
     assert len([p for p in used if p.startswith("buf/")]) >= 2
     assert bytes(peer.flash[0x190000:0x190000 + len(image)]) == image  # MicroPython's new image in ota_1
-    assert bytes(peer.flash[0xE000:0xF000]) != b"\xff" * 0x1000  # and the board's boot selection
+    assert fleet.read_otadata(peer.flash) == ("ota_1", False)  # and the board's boot selection
 
     # the same inputs again: the project's files are all there, nothing is written
     n = len(peer.commands())
@@ -143,20 +162,24 @@ def test_a_used_board_keeps_what_it_wrote_gets_the_projects_new_files_and_factor
     assert {p: d for p, d in after.items() if not build.project_owned(p, after)} == board_own
     assert after["app_a/manifest.json"] == used["app_a/manifest.json"]
     assert bytes(peer.flash[:0x310000]) == before[:0x310000]  # otadata and both app partitions untouched
-    # ... and the board boots from it: the updated app slot is the one it runs
-    root, _, _ = fleet.boot_from_flash(str(tmp_path / "again"), bytes(peer.flash), RAW)
-    assert json.loads((pathlib.Path(root) / "boot.json").read_text())["active"] == "b"
+    # ... and the board boots from it: the new password (on a broker that has only that one) with the
+    # OTA-updated app and the config it applied
+    b2 = broker(users=dict(SERVICE, **{DEV: "pw-2"}), acl=render_acl(SITE, [DEV]))
+    [moved] = esp32flash.flash_ports([peer.url], planner(b2.port, "pw-2", key))
+    assert moved["error"] is None and moved["files_written"] == ["device.json"]
+    status, running = boot_and_status(peer, b2, tmp_path / "again")
+    assert status["fw"] == APP_VERSION and status["cfg_version"] == 7 and running == "ota_1", status
 
     # check mode of a factory reset: says so, writes nothing
     n = len(peer.commands())
-    [would] = esp32flash.flash_ports([peer.url], planner(b.port, "pw-2", key), check_mode=True, factory_reset=True)
+    [would] = esp32flash.flash_ports([peer.url], planner(b2.port, "pw-2", key), check_mode=True, factory_reset=True)
     assert would["changed"] and would["board_files_reset"] and would["factory_reset"] and flashes(peer, n) == []
     assert "wiped (factory reset)" in esp32flash.diff_after(would)
 
     # factory reset: the whole image as a new board gets it
-    [reset] = esp32flash.flash_ports([peer.url], planner(b.port, "pw-2", key), factory_reset=True)
+    [reset] = esp32flash.flash_ports([peer.url], planner(b2.port, "pw-2", key), factory_reset=True)
     assert reset["error"] is None and reset["board_files_reset"] and reset["regions_kept"] == []
-    doc = esp32flash.device_document(DEV, KIND, SITE, {"host": "127.0.0.1", "port": b.port, "tls": False}, "pw-2",
+    doc = esp32flash.device_document(DEV, KIND, SITE, {"host": "127.0.0.1", "port": b2.port, "tls": False}, "pw-2",
                                      fleet.kind_config(KIND, MAC), settings=SETTINGS, signing_key=key.public)
     whole, _ = build.build_image(plugrun.stand_in_micropython(), doc, None, None, "0.2.0")
     ota_1 = build.partition("ota_1")
@@ -165,7 +188,7 @@ def test_a_used_board_keeps_what_it_wrote_gets_the_projects_new_files_and_factor
     assert bytes(peer.flash[ota_1[3] + ota_1[4]:]) == whole[ota_1[3] + ota_1[4]:]
     print("blocks read %s; seconds: first %s, same %s, rotated %s, check %s, reset %s" % ((same["blocks_read"],) + tuple(
         r["seconds"] for r in (first, same, rotated, would, reset))))
-    assert set(board_fs(peer)) == set(fresh)
+    assert set(board_fs(peer)) == set(fresh) and fleet.read_otadata(peer.flash) == ("ota_0", False)
 
 
 def test_a_board_flashed_for_another_device_id_starts_fresh_and_says_so(peer, tmp_path):
