@@ -225,3 +225,21 @@ def test_flash_time_config_the_device_would_refuse_is_refused_before_any_board_i
     text = str(e.value)
     assert DEV in text and source in text and message in text, text
     assert not flashes(peer)
+
+
+def test_the_simulator_cli_writes_what_the_board_wrote_back_into_its_flash_dump(peer, tmp_path):
+    """python -m firmware.sim --flash DUMP=MAC: a board with no broker to reach
+    buffers its telemetry in its filesystem; the dump holds it afterwards."""
+    import subprocess
+    key = testkeys.new_key()
+    [r] = esp32flash.flash_ports([peer.url], planner(1, "pw", key))  # port 1: nothing listens
+    assert r["error"] is None
+    dump = tmp_path / "board.bin"
+    dump.write_bytes(bytes(peer.flash))
+    run = subprocess.run([sys.executable, "-m", "firmware.sim", "--flash", "%s=%s" % (dump, MAC), "--state-dir",
+                          str(tmp_path / "sim"), "--time-scale", "0.05", "--duration", "3"],
+                         cwd=str(pathlib.Path(build.ROOT)), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    files = build.read_filesystem(dump.read_bytes())
+    assert [p for p in files if p.startswith("buf/") and p != "buf/dropped"], sorted(files)
+    assert files["device.json"] == board_fs(peer)["device.json"]
