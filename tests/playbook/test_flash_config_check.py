@@ -44,14 +44,14 @@ def flash_writes(peers):
     return [sum(1 for c in p.commands() if c.startswith("FLASH")) for p in peers]
 
 
-def run(tmp_path, peers, host_vars=None, station_vars=None):
+def run(tmp_path, peers, host_vars=None, station_vars=None, extra=(), secrets=None):
     station = plugrun.station_inventory(tmp_path / "station", peers, KIND, 1883)
     if station_vars:
         hosts = yaml.safe_load((station / "hosts.yml").read_text())
         hosts["all"]["children"]["flash_stations"]["hosts"]["station-test"].update(station_vars)
         (station / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    inv = site_inventory(tmp_path / "site", tmp_path / "secrets", host_vars)
-    return plugrun.flash_playbook([inv, station])
+    inv = site_inventory(tmp_path / "site", secrets or tmp_path / "secrets", host_vars)
+    return plugrun.flash_playbook([inv, station], *extra)
 
 
 def test_a_host_var_the_device_would_refuse_stops_the_flash_before_any_board_is_written(tmp_path, peers):
@@ -72,3 +72,40 @@ def test_a_kind_default_the_device_would_refuse_names_the_station_variable(tmp_p
     rc, out = run(tmp_path / "ok", peers, station_vars={"flash_default_config": {KIND: {"temperature_zones": 2}}})
     assert rc == 0, out[-4000:]
     assert all(n > 0 for n in flash_writes(peers))
+
+
+def test_the_play_keeps_a_used_boards_files_and_says_what_a_factory_reset_would_wipe(tmp_path, peers):
+    """flash_factory_reset through the play: check mode and --diff name the
+    board whose own files would be wiped, and write nothing; the real run
+    wipes them. Without it a re-flash keeps them."""
+    import firmware.image as build
+    from firmware.sim import fleet
+
+    rc, out = run(tmp_path, peers)
+    assert rc == 0, out[-4000:]
+    root, _, _ = fleet.boot_from_flash(str(tmp_path / "sim"), bytes(peers[0].flash), identity.parse_mac(MACS[0]))
+    (pathlib.Path(root) / "config.json").write_text('{"version": 4}')  # what its app wrote (applied cfg)
+    fleet.write_to_flash(root, peers[0].flash)
+
+    def files(peer):
+        return build.read_filesystem(bytes(peer.flash))
+
+    secrets = tmp_path / "secrets"  # one site signing key for every run
+    rc, out = run(tmp_path / "2", peers, station_vars={"flash_default_config": {KIND: {"temperature_zones": 1}}},
+                  secrets=secrets)
+    assert rc == 0, out[-4000:]
+    assert "config.json" in files(peers[0]) and '"temperature_zones":1' in files(peers[0])["device.json"].decode()
+    writes = flash_writes(peers)
+    reset = {"flash_factory_reset": True, "flash_default_config": {KIND: {"temperature_zones": 1}}}
+    rc, out = run(tmp_path / "check", peers, station_vars=reset, extra=("--check", "--diff"), secrets=secrets)
+    assert rc == 0, out[-4000:]
+    out = " ".join(out.split())
+    assert "%s (MAC %s" % (IDS[0], MACS[0]) in out and "its own files would be wiped (factory reset)" in out, out[-4000:]
+    assert "the board's own files are wiped (factory reset)" in out  # --diff
+    assert out.count("would be wiped") == 1  # the other board holds its fresh image: nothing of its own
+    assert flash_writes(peers) == writes and "config.json" in files(peers[0])
+    rc, out = run(tmp_path / "3", peers, station_vars=reset, secrets=secrets)
+    assert rc == 0, out[-4000:]
+    out = " ".join(out.split())
+    assert "its own files wiped (factory reset)" in out
+    assert "config.json" not in files(peers[0]) and flash_writes(peers) != writes
