@@ -66,6 +66,7 @@ def boot_from_flash(state_dir, flash, mac):
     root = os.path.join(state_dir, device["id"])
     if os.path.exists(root):
         shutil.rmtree(root)
+    _firmware_from_flash(root.rstrip("/") + ".partitions", flash)
     for path, data in files.items():
         target = os.path.join(root, path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -93,6 +94,45 @@ def _ota_crc(seq):
     return binascii.crc32(struct.pack("<I", seq), 0xFFFFFFFF) & 0xFFFFFFFF
 
 
+def _otadata_seq(flash):
+    """(otadata offset or None, the highest valid ota_seq and its state, or (0, None) when blank)."""
+    import struct
+
+    from firmware.image import read_partition_table
+
+    table = {label: (offset, size) for label, _t, _s, offset, size in read_partition_table(flash)}
+    if "otadata" not in table:
+        return None, 0, None
+    offset = table["otadata"][0]
+    best = (0, None)
+    for sector in (offset, offset + 0x1000):
+        seq, _label, state, crc = struct.unpack("<I20sII", bytes(flash[sector:sector + 32]))
+        if seq not in (0, 0xFFFFFFFF) and crc == _ota_crc(seq) and seq > best[0]:
+            best = (seq, state)
+    return offset, best[0], best[1]
+
+
+def read_otadata(flash):
+    """The app partition the ESP-IDF bootloader would boot ('ota_0' with a
+    blank boot selection) and whether it is pending verification, from the
+    otadata of a flash dump: the valid entry (CRC of ota_seq) with the
+    highest sequence number (seq 1 boots ota_0, 2 ota_1, 3 ota_0 ...)."""
+    _offset, seq, state = _otadata_seq(flash)
+    if not seq:
+        return "ota_0", False
+    return "ota_%d" % ((seq - 1) % 2), state == OTA_NEW
+
+
+def _firmware_from_flash(part_root, flash):
+    """The simulated partitions (SimFirmware) as the flash's otadata selects them."""
+    running, pending = read_otadata(flash)
+    if os.path.exists(part_root):
+        shutil.rmtree(part_root)
+    os.makedirs(part_root)
+    with open(os.path.join(part_root, "otadata.json"), "w") as f:
+        json.dump({"running": running, "boot": running, "previous": None, "pending": pending, "tried": False}, f)
+
+
 def write_to_flash(root, flash, firmware=None):
     """What the running board wrote, back into its flash bytes (*flash*, a
     bytearray: a dump, or the flash of a ROM-protocol peer): the files under
@@ -111,17 +151,19 @@ def write_to_flash(root, flash, firmware=None):
     table = {label: (offset, size) for label, _t, _s, offset, size in read_partition_table(flash)}
     offset, size = table["vfs"]
     flash[offset:offset + size] = littlefs_image(files, size)
-    if firmware is not None and os.path.exists(os.path.join(firmware.root, "ota_1.bin")):
+    images = [label for label in ("ota_0", "ota_1") if firmware is not None and label in table
+              and os.path.exists(os.path.join(firmware.root, label + ".bin"))]
+    if images:  # the board installed a MicroPython image since it booted from this flash
+        for label in images:
+            with open(os.path.join(firmware.root, label + ".bin"), "rb") as f:
+                image = f.read()
+            flash[table[label][0]:table[label][0] + len(image)] = image
         st = firmware._load()
-        for label in ("ota_0", "ota_1"):
-            path = os.path.join(firmware.root, label + ".bin")
-            if os.path.exists(path) and label in table:
-                with open(path, "rb") as f:
-                    image = f.read()
-                flash[table[label][0]:table[label][0] + len(image)] = image
-        seq = 2 if st["boot"] == "ota_1" else 3  # seq 1 boots ota_0, 2 ota_1, 3 ota_0 again
-        off = table["otadata"][0]
-        flash[off:off + 0x2000] = otadata_entry(seq, OTA_NEW if st["pending"] else OTA_VALID) + b"\xff" * 0x1000
+        off, seq, _state = _otadata_seq(flash)
+        if "ota_%d" % ((seq - 1) % 2 if seq else 0) != st["boot"]:
+            seq += 1  # the next sequence number selects the other partition
+        if off is not None and seq:  # seq 0: still the blank selection, ota_0
+            flash[off:off + 0x2000] = otadata_entry(seq, OTA_NEW if st["pending"] else OTA_VALID) + b"\xff" * 0x1000
     return files
 
 
