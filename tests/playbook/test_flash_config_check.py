@@ -65,9 +65,11 @@ def test_a_host_var_the_device_would_refuse_stops_the_flash_before_any_board_is_
 def test_a_kind_default_the_device_would_refuse_names_the_station_variable(tmp_path, peers):
     rc, out = run(tmp_path, peers, station_vars={"flash_default_config": {KIND: {"temperature_zones": 9}}})
     assert rc != 0, out[-4000:]
-    assert "flash_default_config[%s] (station station-test)" % KIND in out, out[-4000:]
-    assert "temperature_zones must be between 0 and 8, got 9" in out and IDS[0] in out
+    assert "flash_default_config[%s] (station station-test): temperature_zones must be between 0 and 8, got 9" % KIND \
+        in " ".join(out.split()), out[-4000:]
     assert flash_writes(peers) == [0, 0]
+    # stopped at the door: no board was even read, nothing registered
+    assert not any(p.commands() for p in peers) and not (tmp_path / "station" / "registry.yml").exists()
     # the same inventory with a value the device accepts flashes both
     rc, out = run(tmp_path / "ok", peers, station_vars={"flash_default_config": {KIND: {"temperature_zones": 2}}})
     assert rc == 0, out[-4000:]
