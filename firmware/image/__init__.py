@@ -389,9 +389,29 @@ def merge_filesystem(board_files, project_files):
     for path, data in project_files.items():
         if project_owned(path, board_files):
             merged[path] = data
+    key = _new_signing_key(board_files, project_files)
+    if key is not None and "signing.json" in merged:
+        # the board trusts signing.json's key over device.json's (firmware/app/otasig.py): a key the
+        # station brings (a rotation) replaces it; the security version, the board's anti-rollback, stays
+        state = json.loads(merged["signing.json"])
+        state["key"] = key
+        merged["signing.json"] = json.dumps(state).encode()
     changed = sorted(p for p in set(merged) | set(board_files)
-                     if project_owned(p, board_files) and merged.get(p) != board_files.get(p))
+                     if (project_owned(p, board_files) or p == "signing.json") and merged.get(p) != board_files.get(p))
     return merged, changed
+
+
+def _new_signing_key(board_files, project_files):
+    """The OTA signing key of the new device.json when it differs from the
+    one the board was flashed with, else None. Only then: a board that took
+    a handover to a newer key since (signing.json) keeps it when the station
+    brings the key it was flashed with."""
+    try:
+        old = json.loads(board_files["device.json"]).get("signing_key")
+        new = json.loads(project_files["device.json"]).get("signing_key")
+    except (KeyError, ValueError, AttributeError):
+        return None
+    return new if new and new != old else None
 
 
 def flash_layout():

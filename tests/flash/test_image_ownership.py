@@ -2,6 +2,8 @@
 and the board's (project_owned, merge_filesystem) and the block-by-block
 read of a littlefs image (read_littlefs_blocks), without a board."""
 
+import json
+
 import firmware.image as build
 
 PROJECT = {"main.py": b"main", "supervisor.mpy": b"sup", "app_a/device.mpy": b"app1",
@@ -52,3 +54,17 @@ def test_read_by_block_reads_only_what_littlefs_visits_and_gives_the_files():
 
     assert build.read_littlefs_blocks(block, len(image)) == files
     assert 0 < len(set(seen)) < vfs[4] // build.LFS_BLOCK // 2
+
+
+def test_a_key_the_station_brings_replaces_the_boards_trusted_key_and_keeps_its_security_version():
+    board = used(**{"device.json": b'{"id": "psu-x", "signing_key": "04aa"}',
+                    "signing.json": b'{"key": "04aa", "security_version": 3}'})
+    rotated = dict(PROJECT, **{"device.json": b'{"id": "psu-x", "signing_key": "04bb"}'})
+    merged, changed = build.merge_filesystem(board, rotated)
+    assert json.loads(merged["signing.json"]) == {"key": "04bb", "security_version": 3}
+    assert "signing.json" in changed and "device.json" in changed
+    # a station that brings the key the board was flashed with leaves a handover to a newer key alone
+    handed_over = dict(board, **{"signing.json": b'{"key": "04cc", "security_version": 3}'})
+    same = dict(PROJECT, **{"device.json": b'{"id": "psu-x", "signing_key": "04aa"}'})
+    merged, changed = build.merge_filesystem(handed_over, same)
+    assert json.loads(merged["signing.json"])["key"] == "04cc" and "signing.json" not in changed

@@ -46,9 +46,9 @@ def planner(broker_port, password, key, config=None):
                                     layout=build.flash_layout())
 
 
-def ota_cmd(key, www, payload, version, data):
+def ota_cmd(key, www, payload, version, data, security_version=0):
     artifact = www.publish("%s-%s.bin" % (payload, version), data)
-    return dict(key.sign(dict(artifact, payload=payload, version=version), 0), id="ota-" + uuid.uuid4().hex[:6],
+    return dict(key.sign(dict(artifact, payload=payload, version=version), security_version), id="ota-" + uuid.uuid4().hex[:6],
                 cmd="ota")
 
 
@@ -77,10 +77,11 @@ def run_board(peer, broker, key, www, tmp_path):
         ctl.publish(topic(DEV, "cfg"), json.dumps({"version": 7, "publish_interval_s": 9}), retain=True)
         await until(lambda: any(a.get("result") == "applied" for a in payloads(ctl, "cfg/ack", DEV)), 10, "cfg applied")
         bundle = ota.pack_bundle(APP_VERSION, {"device.py": b"# the updated app\n", "version.txt": b"0.9.0"})
-        ctl.publish(topic(DEV, "cmd"), json.dumps(ota_cmd(key, www, "app", APP_VERSION, bundle)))
+        # security version 1: the board records it (and the key it trusts) in signing.json once confirmed
+        ctl.publish(topic(DEV, "cmd"), json.dumps(ota_cmd(key, www, "app", APP_VERSION, bundle, 1)))
         await until(lambda: len(oks()) >= 1, 20, "the app update's final state")
         image = bytes(range(256)) * 256  # a 64 KiB stand-in MicroPython image: the partitions are what counts
-        ctl.publish(topic(DEV, "cmd"), json.dumps(ota_cmd(key, www, "firmware", IMAGE_VERSION, image)))
+        ctl.publish(topic(DEV, "cmd"), json.dumps(ota_cmd(key, www, "firmware", IMAGE_VERSION, image, 1)))
         await until(lambda: len(oks()) >= 2, 20, "the image update's final state")
         await online(ctl, DEV, count=3)
         sim.go_offline(3600)
@@ -142,6 +143,7 @@ def test_a_used_board_keeps_what_it_wrote_gets_the_projects_new_files_and_factor
     assert json.loads(used["config.json"])["version"] == 7  # what the app wrote is in the board's flash now
     assert json.loads(used["boot.json"])["active"] == "b" and used["app_b/device.py"] == b"# the updated app\n"
     assert len([p for p in used if p.startswith("buf/")]) >= 2
+    assert json.loads(used["signing.json"]) == {"key": key.public, "security_version": 1}
     assert bytes(peer.flash[0x190000:0x190000 + len(image)]) == image  # MicroPython's new image in ota_1
     assert fleet.read_otadata(peer.flash) == ("ota_1", False)  # and the board's boot selection
 
@@ -169,6 +171,14 @@ def test_a_used_board_keeps_what_it_wrote_gets_the_projects_new_files_and_factor
     assert moved["error"] is None and moved["files_written"] == ["device.json"]
     status, running = boot_and_status(peer, b2, tmp_path / "again")
     assert status["fw"] == APP_VERSION and status["cfg_version"] == 7 and running == "ota_1", status
+
+    # a rotated OTA signing key reaches the board even though it trusts signing.json's key first
+    held = json.loads(board_fs(peer)["signing.json"])
+    key2 = testkeys.new_key()
+    [rekeyed] = esp32flash.flash_ports([peer.url], planner(b2.port, "pw-2", key2))
+    assert rekeyed["error"] is None and rekeyed["files_written"] == ["device.json", "signing.json"], rekeyed
+    assert json.loads(board_fs(peer)["signing.json"]) == dict(held, key=key2.public)
+    key = key2
 
     # check mode of a factory reset: says so, writes nothing
     n = len(peer.commands())
