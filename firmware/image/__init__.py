@@ -228,11 +228,39 @@ def littlefs_image(files, size):
 
 def read_littlefs(data):
     """{path: bytes} of every file in a littlefs image built like littlefs_image()."""
-    from littlefs import LittleFS
+    return read_littlefs_blocks(lambda i: data[i * LFS_BLOCK:(i + 1) * LFS_BLOCK], len(data))
 
-    fs = LittleFS(block_size=LFS_BLOCK, block_count=len(data) // LFS_BLOCK, read_size=32, prog_size=32,
-                  lookahead_size=32, name_max=255, mount=False)
-    fs.context.buffer[:] = data
+
+def read_littlefs_blocks(read_block, size):
+    """{path: bytes} of a littlefs filesystem of *size* bytes whose 4 KiB
+    blocks come from *read_block(index)* on demand: reading a board's
+    filesystem back then fetches only the blocks littlefs visits (its
+    metadata and the files' data), not the whole partition."""
+    from littlefs import LittleFS
+    from littlefs.context import UserContext
+
+    class Blocks(UserContext):
+        def __init__(self):
+            super().__init__(buffsize=0)
+            self.blocks = {}
+            self.in_size = size
+
+        def read(self, cfg, block, off, n):
+            if block not in self.blocks:
+                data = bytes(read_block(block))
+                if len(data) != LFS_BLOCK:
+                    raise BuildError("block %d: read %d bytes, not %d" % (block, len(data), LFS_BLOCK))
+                self.blocks[block] = data
+            return bytearray(self.blocks[block][off:off + n])
+
+        def prog(self, cfg, block, off, data):
+            raise BuildError("reading a filesystem back never writes it")
+
+        def erase(self, cfg, block):
+            raise BuildError("reading a filesystem back never erases it")
+
+    fs = LittleFS(context=Blocks(), block_size=LFS_BLOCK, block_count=size // LFS_BLOCK, read_size=32,
+                  prog_size=32, lookahead_size=32, name_max=255, mount=False)
     fs.mount()
     files = {}
     for root, _dirs, names in fs.walk("/"):
@@ -319,6 +347,86 @@ def build_regions(micropython_bin, device, ca_pem=None, wifi=None, version="0.1.
                (nvs[3], nvs_data), (otadata[3], b"\xff" * otadata[4]),
                (partition("ota_0")[3], app), (vfs[3], littlefs_image(files, vfs[4]))]
     return regions, files
+
+
+# --- a used board: what the project owns, what the board owns -------------------
+#
+# A board that has run writes into the filesystem the image gave it (the
+# applied config, the offline buffer, an app bundle in the other slot and
+# the slot selection, the signing-key and crash records) and, after a
+# MicroPython image update, into otadata and the other app partition. A
+# second flash keeps all of that unless the operator asks for a factory
+# reset: it rewrites only the project's files and regions.
+
+# files at the filesystem root that only the flash station writes
+PROJECT_FILES = (BOOT_SCRIPT, "device.json", "ca.crt")
+
+
+def project_owned(path, board_files):
+    """Whether *path* on a board's filesystem is the project's (rewritten by
+    every flash) rather than the board's (kept). The project's: main.py,
+    device.json, ca.crt and the root modules (every root ``*.mpy``), which
+    an app bundle never replaces; and the first app in ``app_a/`` while the
+    board has never selected a slot itself (no ``boot.json``: bootsel writes
+    it only when an update is staged). Once it has, both slots are the
+    board's: an update may have gone into either."""
+    if path in PROJECT_FILES or ("/" not in path and path.endswith(".mpy")):
+        return True
+    if path.startswith(bootsel_slot("a") + "/"):
+        return "boot.json" not in board_files
+    return False
+
+
+def bootsel_slot(slot):
+    return "app_" + slot  # firmware/app/bootsel.py slot_dir()
+
+
+def merge_filesystem(board_files, project_files):
+    """(merged files, changed project paths): the board's own files as they
+    are, and the project's files as the new image has them. A project path
+    the new image no longer has (ca.crt after a switch to plain MQTT) goes."""
+    merged = {p: d for p, d in board_files.items() if not project_owned(p, board_files)}
+    for path, data in project_files.items():
+        if project_owned(path, board_files):
+            merged[path] = data
+    key = _new_signing_key(board_files, project_files)
+    if key is not None and "signing.json" in merged:
+        # the board trusts signing.json's key over device.json's (firmware/app/otasig.py): a key the
+        # station brings (a rotation) replaces it; the security version, the board's anti-rollback, stays
+        state = json.loads(merged["signing.json"])
+        state["key"] = key
+        merged["signing.json"] = json.dumps(state).encode()
+    changed = sorted(p for p in set(merged) | set(board_files)
+                     if (project_owned(p, board_files) or p == "signing.json") and merged.get(p) != board_files.get(p))
+    return merged, changed
+
+
+def _new_signing_key(board_files, project_files):
+    """The OTA signing key of the new device.json when it differs from the
+    one the board was flashed with, else None. Only then: a board that took
+    a handover to a newer key since (signing.json) keeps it when the station
+    brings the key it was flashed with."""
+    try:
+        old = json.loads(board_files["device.json"]).get("signing_key")
+        new = json.loads(project_files["device.json"]).get("signing_key")
+    except (KeyError, ValueError, AttributeError):
+        return None
+    return new if new and new != old else None
+
+
+def flash_layout():
+    """What plugins/module_utils/esp32flash needs to flash a used board
+    without wiping it: the filesystem partition (build and read it, who owns
+    which file), the boot selection (otadata: the board's once it has run an
+    image update) and the app partition the blank boot selection boots."""
+    vfs = partition("vfs")
+    return {"filesystem": (vfs[3], vfs[4]),
+            "build_fs": lambda files: littlefs_image(files, vfs[4]),
+            "read_fs_blocks": read_littlefs_blocks,
+            "block_size": LFS_BLOCK,
+            "merge": merge_filesystem,
+            "boot_selection": partition("otadata")[3],
+            "first_app": partition("ota_0")[3]}
 
 
 def flat_image(regions, size=FLASH_SIZE):

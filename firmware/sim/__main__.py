@@ -25,6 +25,7 @@ def main(argv=None):
     p.add_argument("--flash", action="append", metavar="DUMP=MAC",
                    help="boot a board from a dump of its whole flash (partition table, filesystem, device.json with "
                    "its identity, broker and credentials, as the flash station wrote them) and its MAC; repeatable. "
+                   "What the app writes goes back into the dump when the simulator stops. "
                    "Instead of --inventory and --devices")
     p.add_argument("--count", type=int, help="run only the first N devices of the inventory")
     p.add_argument("--generated", action="store_true",
@@ -135,11 +136,14 @@ def flashed_devices(p, args):
         try:
             raw = identity.parse_mac(mac)
             with open(path or "", "rb") as f:
-                root, device_id, kind = fleet.boot_from_flash(args.state_dir, f.read(), raw)
+                flash = bytearray(f.read())
+            root, device_id, kind = fleet.boot_from_flash(args.state_dir, bytes(flash), raw)
         except (OSError, ValueError, BuildError) as e:
             p.error("--flash %s: %s" % (spec, e))
         logging.info("booting %s (MAC %s) from %s", device_id, mac, path)
-        devices.append(fleet.SimDevice(root, raw, kind, time_scale=args.time_scale))
+        device = fleet.SimDevice(root, raw, kind, time_scale=args.time_scale, flash=flash)
+        device.flash_path = path  # the board's writes go back into its dump at the end (run_devices)
+        devices.append(device)
     return devices
 
 
@@ -156,6 +160,12 @@ def run_devices(args, devices, where="the brokers in their device.json"):
         await fleet.run_fleet(devices, duration=args.duration, stop_event=stop, fault_offline=args.fault_offline)
 
     asyncio.run(run())
+    for d in devices:
+        if getattr(d, "flash_path", None):
+            tmp = d.flash_path + ".new"
+            with open(tmp, "wb") as f:
+                f.write(d.flash)
+            os.replace(tmp, d.flash_path)
     logging.info("stopped: %d messages published", sum(d.device.published for d in devices if d.device))
     return 0
 

@@ -66,12 +66,105 @@ def boot_from_flash(state_dir, flash, mac):
     root = os.path.join(state_dir, device["id"])
     if os.path.exists(root):
         shutil.rmtree(root)
+    _firmware_from_flash(root.rstrip("/") + ".partitions", flash)
     for path, data in files.items():
         target = os.path.join(root, path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "wb") as f:
             f.write(data)
     return root, device["id"], kind
+
+
+OTA_VALID, OTA_NEW = 2, 0  # esp_ota_img_states_t
+
+
+def otadata_entry(seq, state):
+    """One ESP-IDF otadata entry (esp_ota_select_entry_t): ota_seq, seq_label,
+    ota_state and the CRC32 of ota_seq, in a 4 KiB sector."""
+    import struct
+
+    entry = struct.pack("<I20sII", seq, b"\xff" * 20, state, _ota_crc(seq))
+    return entry + b"\xff" * (0x1000 - len(entry))
+
+
+def _ota_crc(seq):
+    """esp_rom_crc32_le(UINT32_MAX, &ota_seq, 4), as the bootloader checks it."""
+    import binascii
+    import struct
+    return binascii.crc32(struct.pack("<I", seq), 0xFFFFFFFF) & 0xFFFFFFFF
+
+
+def _otadata_seq(flash):
+    """(otadata offset or None, the highest valid ota_seq and its state, or (0, None) when blank)."""
+    import struct
+
+    from firmware.image import read_partition_table
+
+    table = {label: (offset, size) for label, _t, _s, offset, size in read_partition_table(flash)}
+    if "otadata" not in table:
+        return None, 0, None
+    offset = table["otadata"][0]
+    best = (0, None)
+    for sector in (offset, offset + 0x1000):
+        seq, _label, state, crc = struct.unpack("<I20sII", bytes(flash[sector:sector + 32]))
+        if seq not in (0, 0xFFFFFFFF) and crc == _ota_crc(seq) and seq > best[0]:
+            best = (seq, state)
+    return offset, best[0], best[1]
+
+
+def read_otadata(flash):
+    """The app partition the ESP-IDF bootloader would boot ('ota_0' with a
+    blank boot selection) and whether it is pending verification, from the
+    otadata of a flash dump: the valid entry (CRC of ota_seq) with the
+    highest sequence number (seq 1 boots ota_0, 2 ota_1, 3 ota_0 ...)."""
+    _offset, seq, state = _otadata_seq(flash)
+    if not seq:
+        return "ota_0", False
+    return "ota_%d" % ((seq - 1) % 2), state == OTA_NEW
+
+
+def _firmware_from_flash(part_root, flash):
+    """The simulated partitions (SimFirmware) as the flash's otadata selects them."""
+    running, pending = read_otadata(flash)
+    if os.path.exists(part_root):
+        shutil.rmtree(part_root)
+    os.makedirs(part_root)
+    with open(os.path.join(part_root, "otadata.json"), "w") as f:
+        json.dump({"running": running, "boot": running, "previous": None, "pending": pending, "tried": False}, f)
+
+
+def write_to_flash(root, flash, firmware=None):
+    """What the running board wrote, back into its flash bytes (*flash*, a
+    bytearray: a dump, or the flash of a ROM-protocol peer): the files under
+    *root* as the littlefs partition, found through the flash's own
+    partition table, and, with *firmware* (the board's SimFirmware) after an
+    image update, the new image and the boot selection (otadata), so that a
+    second flash sees what a used board holds."""
+    from firmware.image import littlefs_image, read_partition_table
+
+    files = {}
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            full = os.path.join(folder, name)
+            with open(full, "rb") as f:
+                files[os.path.relpath(full, root).replace(os.sep, "/")] = f.read()
+    table = {label: (offset, size) for label, _t, _s, offset, size in read_partition_table(flash)}
+    offset, size = table["vfs"]
+    flash[offset:offset + size] = littlefs_image(files, size)
+    images = [label for label in ("ota_0", "ota_1") if firmware is not None and label in table
+              and os.path.exists(os.path.join(firmware.root, label + ".bin"))]
+    if images:  # the board installed a MicroPython image since it booted from this flash
+        for label in images:
+            with open(os.path.join(firmware.root, label + ".bin"), "rb") as f:
+                image = f.read()
+            flash[table[label][0]:table[label][0] + len(image)] = image
+        st = firmware._load()
+        off, seq, _state = _otadata_seq(flash)
+        if "ota_%d" % ((seq - 1) % 2 if seq else 0) != st["boot"]:
+            seq += 1  # the next sequence number selects the other partition
+        if off is not None and seq:  # seq 0: still the blank selection, ota_0
+            flash[off:off + 0x2000] = otadata_entry(seq, OTA_NEW if st["pending"] else OTA_VALID) + b"\xff" * 0x1000
+    return files
 
 
 def kind_config(kind, mac=None):
@@ -90,11 +183,19 @@ def kind_config(kind, mac=None):
 
 
 class SimDevice:
-    def __init__(self, root, mac, kind, time_scale=1.0):
+    def __init__(self, root, mac, kind, time_scale=1.0, flash=None):
+        """*flash*: the bytearray the board booted from (boot_from_flash); what
+        the app writes goes back into it at every reset and power-off."""
         self.board = HostBoard(root, mac, kind, time_scale=time_scale)
+        self.root = root
+        self.flash = flash
         self.device = None
         self.task = None
         self.boots = 0
+
+    def sync_flash(self):
+        if self.flash is not None:
+            write_to_flash(self.root, self.flash, self.board.firmware)
 
     async def run(self):
         """Boot, run, reset, forever: what the ESP-IDF bootloader, main.py
@@ -117,6 +218,7 @@ class SimDevice:
                 supervisor.record_crash(board.fs, supervisor.describe(e), state["active"], board.uptime_s())
                 board.last_reset = "soft"
             self._shutdown_device()
+            self.sync_flash()
 
     async def _run_app(self):
         """Run the app until it resets; the simulated hardware watchdog
@@ -166,6 +268,7 @@ class SimDevice:
                 pass
             self.task = None
         self._shutdown_device()
+        self.sync_flash()
         self.board.last_reset = "power_on"
 
     def go_offline(self, seconds):

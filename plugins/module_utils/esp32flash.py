@@ -33,9 +33,10 @@ import threading
 import time
 
 try:
-    from ansible_collections.edgefleet.site.plugins.module_utils import contract, identity
+    from ansible_collections.edgefleet.site.plugins.module_utils import contract, devconfig, identity
 except ImportError:  # tests and tools import it from plugins/module_utils directly
     import contract
+    import devconfig
     import identity
 
 PORT_URL = re.compile(r"^(?:/dev/[A-Za-z0-9._/-]+|(?:rfc2217|socket)://[A-Za-z0-9.:\[\]_-]+:\d{1,5}(?:\?[\w=&]*)?)$")
@@ -159,9 +160,30 @@ def check_devices(devices, where="devices"):
             raise FlashError("%s: MAC %s is registered twice (%s and %s)" % (label, mac, by_mac[mac]["id"], dev["id"]))
         if dev["id"] in ids:
             raise FlashError("%s: device id %s is listed twice" % (label, dev["id"]))
+        check_flash_config(dev, label)
         ids.add(dev["id"])
         by_mac[mac] = dict(dev, mac=mac, kind=kind)
     return by_mac
+
+
+def check_flash_config(dev, label="device"):
+    """The flash-time config of *dev* through the device's own rules
+    (devconfig.initial, what the board applies at boot): a value the board
+    would refuse is refused here, before any board is written, naming the
+    device, the value and where it came from (*dev*['config_from'], the
+    inventory variable, when the caller says)."""
+    config = dev.get("config")
+    if config is None or config == {}:
+        return
+    where = dev.get("config_from") or "config"
+    if not isinstance(config, dict):
+        raise FlashError("%s (%s): flash-time config from %s must be a dict of settings, got %r"
+                         % (label, dev["id"], where, config))
+    try:
+        devconfig.initial(config)
+    except devconfig.ConfigError as e:
+        raise FlashError("%s (%s): flash-time config from %s refused by the device's rules: %s; nothing was "
+                         "written to any board" % (label, dev["id"], where, e))
 
 
 def check_signing_key(key, where="signing_key"):
@@ -195,12 +217,14 @@ def device_document(device_id, kind, site, broker, password, config=None, ca=Fal
 
 
 def image_planner(build_regions, flat_image, micropython_bin, devices, site, broker, passwords,
-                  ca_pem=None, wifi=None, version=None, settings=None, signing_key=None):
+                  ca_pem=None, wifi=None, version=None, settings=None, signing_key=None, layout=None):
     """The plan(mac) that flash_port() calls: the registered device of that
     MAC, its regions from firmware.image (*build_regions*, *flat_image*) and
     the flat image's sha256. Everything is checked here, before any board is
     touched: devices and their ids, a password for each, the site's signing
-    public key."""
+    public key. With *layout* (firmware.image.flash_layout()) plan(mac)
+    also returns it with the image's files, and flash_port() keeps what a
+    used board wrote."""
     check_signing_key(signing_key)
     by_mac = check_devices(devices)
     if not isinstance(passwords, dict):
@@ -220,9 +244,11 @@ def image_planner(build_regions, flat_image, micropython_bin, devices, site, bro
         doc = device_document(dev["id"], dev["kind"], site, broker, passwords[dev["id"]], dev.get("config"),
                               ca_pem is not None, settings, signing_key)
         with lock:
-            regions, _files = build_regions(micropython_bin, doc, ca_pem, wifi, version)
+            regions, files = build_regions(micropython_bin, doc, ca_pem, wifi, version)
             digest = hashlib.sha256(flat_image(regions)).hexdigest()
-        return dev["id"], regions, digest
+        if layout is None:
+            return dev["id"], regions, digest
+        return dev["id"], regions, digest, dict(layout, files=files)
 
     return plan
 
@@ -317,19 +343,115 @@ def identify_port(port, kind=None, baud=115200, connect_attempts=3):
     return _session(port, _result(port), baud, None, connect_attempts, work)
 
 
-def flash_port(port, plan, check_mode=False, baud=115200, flash_baud=None, connect_attempts=3):
+def _blank_md5(size):
+    return hashlib.md5(b"\xff" * size).hexdigest()
+
+
+def _plan_parts(planned):
+    """(device_id, regions, digest, layout or None) from what plan(mac) returned."""
+    if len(planned) == 3:
+        return tuple(planned) + (None,)
+    return tuple(planned)
+
+
+def _filesystem_write(esp, layout, device_id, fresh, factory_reset, result):
+    """The filesystem region to write on this board, or None when its
+    project files are up to date. A blank board, a factory reset and a board
+    flashed for another device id get the fresh filesystem; a used board
+    keeps its own files and gets the project's (read back first)."""
+    offset, size = layout["filesystem"]
+    on_board = esp.flash_md5sum(offset, size)
+    if on_board == hashlib.md5(fresh).hexdigest():
+        return None
+    if factory_reset:
+        result["board_files_reset"] = True
+        return fresh
+    if on_board == _blank_md5(size):
+        return fresh  # a new board: nothing of its own yet
+    block = layout["block_size"]
+    read = []
+
+    def read_block(i):
+        # only the blocks the filesystem visits, each checked against the board's own MD5
+        addr = offset + i * block
+        data = bytes(esp.read_flash(addr, block))
+        if hashlib.md5(data).hexdigest() != esp.flash_md5sum(addr, block):
+            raise FlashError("reading back 0x%x gave other bytes than the board's MD5: the serial line is "
+                             "unreliable; nothing was written" % addr)
+        read.append(i)
+        return data
+
+    try:
+        board_files = layout["read_fs_blocks"](read_block, size)
+    except FlashError:
+        raise
+    except Exception as e:  # not a filesystem we can read: never guess, never wipe unasked
+        raise FlashError("the board's filesystem at 0x%x cannot be read (%s): to replace it with a fresh one, "
+                         "flash it with factory_reset; nothing was written" % (offset, e))
+    result["blocks_read"] = len(read)
+    previous = _board_device_id(board_files)
+    if previous is not None and previous != device_id:
+        # the board's config, buffer and app were another device's: it starts fresh under the new id
+        result["identity_changed"] = {"from": previous, "to": device_id}
+        result["board_files_reset"] = True
+        return fresh
+    merged, changed = layout["merge"](board_files, layout["files"])
+    result["board_files_kept"] = sorted(p for p in merged if p not in layout["files"] or
+                                        merged[p] != layout["files"][p])
+    result["files_written"] = changed
+    if not changed:
+        return None
+    return layout["build_fs"](merged)
+
+
+def _board_device_id(files):
+    import json
+    try:
+        return json.loads(files["device.json"]).get("id")
+    except (KeyError, ValueError, AttributeError):
+        return None
+
+
+def flash_port(port, plan, check_mode=False, baud=115200, flash_baud=None, connect_attempts=3,
+               factory_reset=False):
     """Flash one board. *plan(mac)* returns (device_id, [(addr, bytes)], image
-    sha256) or raises FlashError (say, an unregistered MAC).
+    sha256[, layout]) or raises FlashError (say, an unregistered MAC).
+
+    Without a layout every region is the project's: compared by MD5 and
+    written when it differs. With one (firmware.image.flash_layout() plus
+    the image's files), a used board keeps what it wrote: the filesystem is
+    read back and only the project's files are replaced, and a boot
+    selection the board made itself (after an image update) is kept with
+    the app partitions. *factory_reset* writes the whole image as a new
+    board gets it.
 
     Returns {port, device_id, mac, chip, image_sha256, changed, regions_written,
-    seconds, error, log}; error is None on success. Never raises."""
+    regions_kept, files_written, board_files_kept, board_files_reset,
+    identity_changed, factory_reset, seconds, error, log}; error is None on
+    success. Never raises."""
     def work(cmds, esp, result):
-        device_id, regions, digest = plan(result["mac"])
+        device_id, regions, digest, layout = _plan_parts(plan(result["mac"]))
         result["device_id"], result["image_sha256"] = device_id, digest
         cmds.attach_flash(esp)
-        stale = [(addr, data) for addr, data in sorted(regions)
-                 if esp.flash_md5sum(addr, len(data)) != hashlib.md5(data).hexdigest()]
+        fs_offset = layout["filesystem"][0] if layout else None
+        keep = set()
+        if layout and not factory_reset:
+            sel = layout["boot_selection"]
+            image_sel = dict(regions).get(sel)
+            if image_sel is not None and esp.flash_md5sum(sel, len(image_sel)) != hashlib.md5(image_sel).hexdigest():
+                keep = {sel, layout["first_app"]}  # the board chose its image itself: keep both
+        stale, kept = [], []
+        for addr, data in sorted(regions):
+            if addr in keep:
+                kept.append(addr)
+            elif addr == fs_offset:
+                fs_data = _filesystem_write(esp, layout, device_id, data, factory_reset, result)
+                if fs_data is not None:
+                    stale.append((addr, fs_data))
+            elif esp.flash_md5sum(addr, len(data)) != hashlib.md5(data).hexdigest():
+                stale.append((addr, data))
         result["regions_written"] = ["0x%x" % addr for addr, _data in stale]
+        result["regions_kept"] = ["0x%x" % addr for addr in kept]
         result["changed"] = bool(stale)
         if stale and not check_mode:
             # esptool compares each written region's MD5 with the board's: a
@@ -343,7 +465,10 @@ def flash_port(port, plan, check_mode=False, baud=115200, flash_baud=None, conne
                 cmds.write_flash(esp, [region], flash_size="keep", compress=True)
             cmds.reset_chip(esp, "hard-reset")
 
-    return _session(port, _result(port), baud, flash_baud, connect_attempts, work)
+    result = _result(port)
+    result.update(regions_kept=[], files_written=[], board_files_kept=[], board_files_reset=False,
+                  identity_changed=None, factory_reset=bool(factory_reset), blocks_read=0)
+    return _session(port, result, baud, flash_baud, connect_attempts, work)
 
 
 def run_ports(ports, job, workers=4):
@@ -367,6 +492,28 @@ def identify_ports(ports, kind=None, workers=4, **kw):
         except ValueError as e:
             raise FlashError("kind: %s" % e)
     return run_ports(ports, lambda p: identify_port(p, kind, **kw), workers)
+
+
+def diff_before(b):
+    """A changed board's --diff 'before' lines: what it held."""
+    lines = "%s %s: other bytes at %s\n" % (b["port"], b["device_id"], ", ".join(b["regions_written"]))
+    if b.get("identity_changed"):
+        lines += "%s: filesystem of %s\n" % (b["port"], b["identity_changed"]["from"])
+    if b.get("files_written"):
+        lines += "%s: project files %s\n" % (b["port"], ", ".join(b["files_written"]))
+    return lines
+
+
+def diff_after(b):
+    """A changed board's --diff 'after' lines: what it gets, and what it keeps or loses."""
+    lines = "%s %s: image %s\n" % (b["port"], b["device_id"], b["image_sha256"])
+    if b.get("board_files_reset"):
+        why = ("factory reset" if b.get("factory_reset") else
+               "identity changed from %s" % (b.get("identity_changed") or {}).get("from"))
+        lines += "%s: the board's own files are wiped (%s)\n" % (b["port"], why)
+    elif b.get("board_files_kept") or b.get("regions_kept"):
+        lines += "%s: keeps %s\n" % (b["port"], ", ".join(b.get("board_files_kept", []) + b.get("regions_kept", [])))
+    return lines
 
 
 def duplicate_macs(results):

@@ -71,8 +71,14 @@ options:
         type: str
         required: true
       config:
-        description: Flash-time config written into C(device.json) (sensors, intervals ...).
+        description:
+          - Flash-time config written into C(device.json) (sensors, intervals ...). It is checked with the
+            device's own rules (C(plugins/module_utils/devconfig.py)) before any board is written; a value the
+            board would refuse fails the task naming the device, the setting, the value and I(config_from).
         type: dict
+      config_from:
+        description: Where I(config) came from (an inventory variable), named in the error when it is refused.
+        type: str
   passwords:
     description:
       - MQTT password per device id, from the controller's secrets store. Never logged or returned.
@@ -142,9 +148,24 @@ options:
     description: Connection attempts per board before it counts as failed.
     type: int
     default: 3
+  factory_reset:
+    description:
+      - C(false) (default) keeps what a used board wrote since it was flashed, and replaces only the project's
+        files and regions (bootloader, partition table, NVS, MicroPython, C(main.py), the root modules,
+        C(device.json), C(ca.crt), and the first app while the board never switched app slots). The board
+        keeps its applied config, offline buffer, app slots and slot selection, signing-key and crash records,
+        and, after an image update, its boot selection and MicroPython partitions. Its filesystem is read back
+        to merge (docs/flashing.md).
+      - C(true) writes the whole image as a new board gets it, wiping everything the board wrote.
+      - A board whose filesystem holds another device id (re-registered under a new id) always starts fresh;
+        its result says so in C(identity_changed).
+    type: bool
+    default: false
 notes:
   - Check mode connects and compares digests, and reports what would be written without writing.
-  - With C(--diff) each board that would change shows the regions that differ and the image it would get.
+  - With C(--diff) each board that would change shows the regions that differ and the image it would get,
+    the project files replaced on a used board, and what it keeps, or that its own files are wiped
+    (I(factory_reset), or an identity change).
   - "Compare cost: the ROM computes the MD5 of each region on the board, so an up-to-date board is read,
     never rewritten."
   - C(playbooks/flash.yml) identifies, registers new boards, updates the broker, then flashes
@@ -201,6 +222,19 @@ boards:
     image_sha256: {description: sha256 of the board's whole flash image (C(python -m firmware.image) prints the same)., type: str}
     changed: {description: "Regions differed (and, unless in check mode, were written).", type: bool}
     regions_written: {description: Offsets of the regions that differed., type: list, elements: str, sample: ["0x310000"]}
+    regions_kept:
+      description: Offsets of regions the board owns now (boot selection and app after an image update), left as they are.
+      type: list
+      elements: str
+      sample: ["0xe000", "0x10000"]
+    files_written: {description: The project's files that differed on a used board and were replaced., type: list, elements: str, sample: [device.json]}
+    board_files_kept: {description: The board's own files kept on a used board., type: list, elements: str, sample: [boot.json, config.json]}
+    board_files_reset: {description: The board's own files were wiped (factory reset or identity change)., type: bool}
+    identity_changed:
+      description: When the board's filesystem held another device id, C({from, to}); the board then starts fresh. Null otherwise.
+      type: dict
+    factory_reset: {description: Whether I(factory_reset) was asked., type: bool}
+    blocks_read: {description: Filesystem blocks (4 KiB) read back from a used board to merge., type: int}
     seconds: {description: Time spent on this board., type: float, sample: 21.4}
     error: {description: Why this board failed; null on success., type: str}
     log: {description: esptool's last messages for a failed board; empty otherwise., type: list, elements: str}
@@ -223,7 +257,8 @@ ARGS = dict(
     ports=dict(type="list", elements="str", default=[]),
     kind=dict(type="str"),
     devices=dict(type="list", elements="dict", default=[], options=dict(
-        id=dict(type="str", required=True), mac=dict(type="str", required=True), config=dict(type="dict"))),
+        id=dict(type="str", required=True), mac=dict(type="str", required=True), config=dict(type="dict"),
+        config_from=dict(type="str"))),
     passwords=dict(type="dict", default={}, no_log=True),
     site=dict(type="str"),
     broker_host=dict(type="str"),
@@ -240,6 +275,7 @@ ARGS = dict(
     baud=dict(type="int", default=115200),
     flash_baud=dict(type="int", default=460800),
     connect_attempts=dict(type="int", default=3),
+    factory_reset=dict(type="bool", default=False),
 )
 
 
@@ -277,7 +313,7 @@ def flash_plan(p):
     broker = {"host": p["broker_host"], "port": p["broker_port"], "tls": p["broker_tls"]}
     return esp32flash.image_planner(image.build_regions, image.flat_image, base, p["devices"], p["site"], broker,
                                     p["passwords"], ca, wifi, p["app_version"] or fw_version,
-                                    signing_key=signing_key)
+                                    signing_key=signing_key, layout=image.flash_layout())
 
 
 def main():
@@ -300,7 +336,8 @@ def main():
             plan = flash_plan(p)
             boards = esp32flash.flash_ports(ports, plan, p["workers"], module.check_mode, baud=p["baud"],
                                             flash_baud=p["flash_baud"] or None,
-                                            connect_attempts=p["connect_attempts"])
+                                            connect_attempts=p["connect_attempts"],
+                                            factory_reset=p["factory_reset"])
     except esp32flash.FlashError as e:
         module.fail_json(msg=str(e), boards=[], failed_ports=[])
     failed = esp32flash.failures(boards)
@@ -310,10 +347,8 @@ def main():
     result = dict(changed=any(b["changed"] for b in boards), boards=boards, failed_ports=failed)
     if module._diff and p["state"] == "flashed":
         changed = [b for b in boards if b["changed"]]
-        result["diff"] = {
-            "before": "".join("%s %s: other bytes at %s\n" % (b["port"], b["device_id"], ", ".join(b["regions_written"]))
-                              for b in changed),
-            "after": "".join("%s %s: image %s\n" % (b["port"], b["device_id"], b["image_sha256"]) for b in changed)}
+        result["diff"] = {"before": "".join(esp32flash.diff_before(b) for b in changed),
+                          "after": "".join(esp32flash.diff_after(b) for b in changed)}
     if failed:
         bad = sum(1 for b in boards if b["error"])
         module.fail_json(msg="%d of %d boards failed: %s" % (bad, len(boards), "; ".join(failed)), **result)
