@@ -1,11 +1,14 @@
+# Copyright (c) 2026 the edgefleet developers
+# Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
+# SPDX-License-Identifier: Apache-2.0
 """Filter for flash-time config (``device_flash_config``,
 ``flash_default_config[<kind>]``); the rules are the device's own,
 plugins/module_utils/devconfig.py.
 
 flash_config_problem
     An empty string when the device would accept the config at boot,
-    otherwise the reason, naming the setting and the value (for an
-    assert's message).
+    otherwise the reason, naming the setting and the value (the message
+    of the play's check).
 """
 
 from ansible_collections.edgefleet.site.plugins.module_utils import devconfig
