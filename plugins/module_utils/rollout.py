@@ -410,8 +410,12 @@ class DeviceTracker(object):
                 self.m.setdefault("back_old", now)
             if self.record["on_version"]:
                 self.m.pop("back_old", None)
+                if live or outage:
+                    self.m.setdefault("on_new", now)
                 if self.record.get("confirmed_at") is not None:
                     self._soak(now)
+            else:
+                self.m.pop("on_new", None)
         elif self.state == CONFIRMED:
             if not online and outage:
                 self.m.setdefault("away_since", now)
@@ -500,6 +504,12 @@ class DeviceTracker(object):
                 detail = "no final report within %g s (last: %s)%s" % (
                     self.timeout_s, self.record.get("progress") or "no report", tried)
             return self._end(TIMED_OUT, detail, now)
+        if (self.state == COMMANDED and self.record.get("on_version") and self.recommand_after_s is not None
+                and "on_new" in self.m and now - self.m["on_new"] >= self.recommand_after_s):
+            # online on the version, its confirmed report lost with a session:
+            # the soak decides (a reset or a rollback fails it)
+            self.record["progress"] = "online on %s, no confirmed report" % self.version
+            return self._soak(now)
         if self.state != CONFIRMED:
             return False
         if "away_since" in self.m:
