@@ -3,7 +3,7 @@ session and fake clocks: the protocol without ansible-playbook, a broker or
 time passing. The fake (FakeFleet) is a mock of what cannot be cheap here:
 a broker with a fleet whose timing each test scripts (a restart at a given
 second, a device that hangs or crash-loops); the same executor runs on the
-real MQTT session in tests/integration/test_ota_rollout_outage.py."""
+real MQTT session in tests/integration/test_ota_rollout.py."""
 
 import json
 
