@@ -381,3 +381,39 @@ def test_a_broker_restart_in_every_wave_aborts_nothing_and_every_device_ends_on_
     assert max(per_device.values()) <= 3
     assert sorted(restarts) == [1, 2, 3], restarts
     assert [o["wave"] for o in result["outages"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("fault, detail", [("hang_on", "silent for"), ("crash_on", None)])
+def test_a_canary_that_hangs_or_crash_loops_on_the_new_version_fails_inside_its_soak(ota_site, image, tmp_path,
+                                                                                      fault, detail):
+    """The simulator's fault injection: on the new version the canary's app
+    stops dead after 30 device seconds with its connection open (no will
+    before 1.5 x keepalive 30 s = 45 s), or crashes after 30 device seconds
+    on every boot. Telemetry every 2 device seconds: the controller knows
+    it from the status (publish_interval_s) and fails the canary after 2 x 2
+    + 5 s of silence, or at its reset, well inside the 40 s soak."""
+    import time
+
+    sims = ota_site(initial={"publish_interval_s": 2})
+    canary = plan("hc")[0][0]
+    board = dict(zip(IDS, sims))[canary].board
+    setattr(board.faults, fault, NEW)
+    ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
+    run, session = executor(ota_site, image, tmp_path, "hc", devices=[canary], soak=40.0)
+
+    async def scenario():
+        started = time.monotonic()
+        await asyncio.to_thread(run.run)
+        return time.monotonic() - started
+
+    try:
+        took = asyncio.run(fleet_running(sims, ctl, scenario))
+    finally:
+        run.close()
+        session.close()
+    rec = run.report({})["devices"][canary]
+    print("%s: %s after %.1f s: %s" % (fault, rec["state"], took, rec.get("detail")))
+    assert rec["state"] in ("failed", "rolled_back"), rec
+    if detail:
+        assert detail in rec["detail"], rec
+    assert took < 40, "not inside the soak"
