@@ -1,7 +1,9 @@
 """The controller-side logic of an OTA rollout: the plan of waves, the abort
 rule, the state of each device and the resumable state file. Pure: no
 Ansible, no MQTT, no threads, no clock (every time is passed in as ``now``,
-wall-clock seconds), so the I/O around it is thin and the tests never sleep.
+the caller's monotonic clock; ``DeviceTracker(wall=...)`` turns it into
+wall-clock times for the record), so the I/O around it is thin and the tests
+never sleep. The executor that drives it is rolloutrun.py.
 
 Waves. ``plan_waves`` orders the devices to update (those not already on the
 version) by sha256("<rollout id>/<device id>"): a stable pseudo-random
@@ -18,7 +20,22 @@ Success. A device succeeds when (1) it reports ``confirmed`` on ``ota`` for
 this rollout's command id, (2) its retained ``status`` shows it online on
 the new version (either order), and (3) it then stays online on that
 version for ``soak_s`` (the soak). Going offline during the soak is a
-failure; coming back on another version during the soak is a roll-back.
+failure (unless the caller says it is a broker outage: the device is then
+away and its soak starts again when it is back, ``tick(now, outage_grace_s)``
+fails it if it is not back in time); coming back on another version during
+the soak is a roll-back. A reset during the soak (a live status whose
+``uptime_s`` is lower than an uptime seen before, or telemetry whose
+``status.uptime_seconds`` is lower than the previous one) and a silence
+longer than 2 x ``publish_interval_s`` + SILENCE_SLACK_S (``on_telemetry``
+and live statuses are what the device is heard by) are failures too.
+
+Commands again. A COMMANDED device seen online on the old version after its
+command (``on_status`` with ``live`` or ``outage``) with no report of any of
+its commands for ``recommand_after_s`` is ``wants_recommand``; the caller
+gives it a new command id with ``recommand`` (at most ``max_attempts``
+commands in all; the record's ``attempts`` keeps each). A COMMANDED device
+online on the new version with no ``confirmed`` for ``recommand_after_s``
+(its report died with a session) starts its soak.
 
 Failure and timeouts. A device fails when it reports ``failed`` or
 ``rolled_back``, fails the soak, or has not got through (1) and (2) within
@@ -40,8 +57,8 @@ resumable, and the rule that keeps a killed rollout from ever commanding a
 device twice is: mark the devices COMMANDED (``DeviceTracker.commanded``)
 and ``RolloutState.save()`` BEFORE publishing their commands. A run killed
 between the save and the publish leaves devices COMMANDED that never got the
-command: on resume they time out (a failure to look at), they are never
-commanded again. One run goes::
+command: on resume they are commanded again only by the rule above (back on
+the old version with no report), with a new command id. One run goes::
 
     state = RolloutState.open(path, rid, image, lambda: plan_waves(to_update, rid, ...), now)
     state.add_skipped(already_on_version); state.save()
@@ -72,7 +89,8 @@ controller was down are lost, the retained ``status`` is not: a device
 online on the new version starts a new soak; any other device keeps waiting
 for its reports at least min(timeout_s, 10) s more before it times out. A
 device that was soaking and is now offline, or online on another version,
-failed its soak. Nothing is ever commanded again on resume.
+failed its soak. A device back online on the old version is commanded
+again after ``recommand_after_s`` (see Commands again).
 """
 
 import hashlib
