@@ -573,8 +573,11 @@ class DeviceTracker(object):
         else:
             self.m["grace_until"] = now + max(left, min(self.timeout_s, RESUME_GRACE_S))
             self.record.update(state=COMMANDED, on_version=False, grace_until=self.wall(self.m["grace_until"]))
-            if online and fw is not None:
-                self.m["back_old"] = now  # back on the old version: re-commanded after the wait
+            if online and fw is not None and self.recommand_after_s is not None:
+                # on the old version, maybe still downloading (its reports went
+                # to the run that died): commanded again once its timeout is over
+                self.m["back_old"] = now + max(0.0, left - self.recommand_after_s)
+                self.m["grace_until"] += self.recommand_after_s + 1
         return self.record != before
 
 

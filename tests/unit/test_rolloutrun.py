@@ -406,3 +406,28 @@ def test_the_broker_not_back_within_outage_max_stops_leaving_a_resumable_state(t
     assert state["aborted"] is None and not state["finished"]
     r, res, out = run(tmp_path, fleet, clock)
     assert res["resumed"] is True and res["summary"] == {"succeeded": 8}, res["devices"]
+
+
+def test_a_resumed_rollout_commands_again_a_device_back_on_the_old_version(tmp_path):
+    """The run dies while wave 2 downloads; the devices lose the download
+    and are back on the old version with no report. The resumed run waits
+    out their timeout (they might still be downloading), then commands each
+    once more with a new id; all succeed."""
+    clock = FakeClock()
+    fleet = FakeFleet(clock)
+    plan = rollout.plan_waves(DEVICES, "r1", 1, ["50%"])
+    with pytest.raises(rollout.RolloutError, match="is gone"):
+        run(tmp_path, fleet, clock, stop=lambda: any(d in plan[1] for _, d, _ in fleet.cmds))
+    for d in plan[1]:
+        fleet.dev[d]["gen"] += 1  # the download dies
+        fleet.set_status(d, True)  # back, on the old version
+    clock.t += 20
+    resumed_at = clock.t
+    r, res, out = run(tmp_path, fleet, clock)
+    assert res["resumed"] is True and res["summary"] == {"succeeded": 8}, res["devices"]
+    for d in plan[1]:
+        ids = [a["id"] for a in res["devices"][d]["attempts"]]
+        assert ids == ["r1-abababab", "r1-abababab.2"], ids
+        again = [t for t, dev, cmd in fleet.cmds if dev == d][-1]
+        assert again >= resumed_at + 60 - 20 - 1  # not before its first command's timeout was over
+    assert max(per_device(fleet).values()) <= 2
