@@ -170,7 +170,7 @@ class FakeFleet(object):
 
     def reconnect(self, timeout=10.0):
         if not self.broker_up and self.clock.t + timeout < self.up_at:
-            self.clock.t += timeout
+            self.clock.t += max(timeout, 0.1)  # time passes, whatever timeout the caller gives
             self.step()
             raise fleetmqtt.SessionLost("fake broker still down")
         self.clock.t = max(self.clock.t, getattr(self, "up_at", self.clock.t))
