@@ -80,6 +80,10 @@ class Faults:
         self.sensors_hang = False  # sensor reads never return (a wedged bus): only the watchdog helps
         self.dead_zones = ()  # DS18B20 zones whose sensor does not answer
         self.clock_unset = False  # the RTC starts at 2000-01-01 until NTP sets it
+        # on this app version (fw), after hang_after_s device seconds of uptime:
+        self.hang_on = None  # the app stops dead, its socket left open (no will until the keepalive ends)
+        self.crash_on = None  # the app crashes (a reset), again after every boot: a crash loop
+        self.hang_after_s = 30.0
 
 
 class _FaultyReader:

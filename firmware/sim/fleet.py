@@ -229,6 +229,13 @@ class SimDevice:
                 # a quarter of the watchdog's timeout between checks (device seconds)
                 period = (self.board.wdt_timeout or 60) / 4 * self.board.time_scale
                 await asyncio.wait({app}, timeout=max(0.005, period))
+                faults = self.board.faults
+                if self.device.fw in (faults.hang_on, faults.crash_on) and self.board.uptime_s() >= faults.hang_after_s:
+                    if faults.crash_on == self.device.fw:
+                        raise RuntimeError("injected crash loop on %s" % self.device.fw)
+                    app.cancel()  # a hang: nothing runs, the connection stays open
+                    self.board.log("injected hang on %s" % self.device.fw)
+                    await asyncio.Event().wait()  # until power_off
                 if self.board.watchdog_expired():
                     self.board.log("watchdog: not fed for %ss, resetting" % self.board.wdt_timeout)
                     app.cancel()

@@ -58,6 +58,11 @@ class FleetMqttError(Exception):
     pass
 
 
+class SessionLost(FleetMqttError):
+    """The session to the broker closed (a broker restart, a network cut):
+    :meth:`FleetSession.reconnect` brings it back."""
+
+
 def require_paho():
     if not HAS_PAHO:
         raise FleetMqttError("the fleet plugins need paho-mqtt 2.x on the Ansible controller (pip install "
@@ -211,11 +216,17 @@ class FleetSession:
                 raise FleetMqttError("cannot use %s as the site CA: %s" % (ca_file, e))
         self.client.max_inflight_messages_set(max_inflight)
         self.client.max_queued_messages_set(0)
+        # a lost session comes back by itself (paho's network thread), soon
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.keepalive = keepalive
         self._cond = threading.Condition()
         self._queue = collections.deque()
         self._connack = None
         self._disconnected = None
+        self._connected = False
+        self._losses = 0  # sessions lost so far
+        self._told = 0  # of which events() has raised SessionLost
+        self._channels = []
         self._subacks = {}
         self._pending = collections.deque()  # MQTTMessageInfo of QoS 1 publishes not yet acknowledged
         self._syncs = set()
@@ -229,11 +240,17 @@ class FleetSession:
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         with self._cond:
             self._connack = reason_code
+            if not reason_code.is_failure:
+                self._connected = True
+                self._disconnected = None
             self._cond.notify_all()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         with self._cond:
             self._disconnected = reason_code
+            if self._connected:
+                self._losses += 1
+            self._connected = False
             self._cond.notify_all()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
@@ -265,7 +282,7 @@ class FleetSession:
         with self._cond:
             while not predicate():
                 if self._disconnected is not None:
-                    raise FleetMqttError("the broker %s:%d closed the session while waiting for %s (%s)"
+                    raise SessionLost("the broker %s:%d closed the session while waiting for %s (%s)"
                                          % (self.host, self.port, what, self._disconnected))
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -298,6 +315,7 @@ class FleetSession:
     def subscribe(self, channels, timeout=10.0):
         """Subscribe to *channels* of every device of the site (QoS 0) and
         return once the broker has delivered their retained messages."""
+        self._channels = list(channels)
         topics = [("site/%s/+/+/%s" % (self.site, ch), 0) for ch in channels]
         with self._cond:
             result, mid = self.client.subscribe(topics)
@@ -345,10 +363,31 @@ class FleetSession:
                 self._cond.wait(timeout)
             out = list(self._queue)
             self._queue.clear()
-        if not out and self._disconnected is not None:
-            raise FleetMqttError("the broker %s:%d closed the session (%s)" % (self.host, self.port,
-                                                                               self._disconnected))
+        if not out and self._losses > self._told:
+            self._told = self._losses
+            raise SessionLost("the broker %s:%d closed the session (%s)" % (self.host, self.port,
+                                                                           self._disconnected))
         return out
+
+    def reconnect(self, timeout=10.0):
+        """After SessionLost: wait up to *timeout* for paho's network thread
+        to connect again, then subscribe again to the channels of
+        :meth:`subscribe` (a clean session keeps none): their retained
+        messages arrive again. Raises SessionLost when it did not come back."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._connected:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SessionLost("the broker %s:%d is not back within %.1f s" % (self.host, self.port, timeout))
+                self._cond.wait(min(left, 0.1))
+            self._told = self._losses
+            self._sync_subscribed = False
+        if self._channels:
+            self.subscribe(self._channels, timeout=max(0.5, deadline - time.monotonic()))
+
+    def connected(self):
+        return self._connected
 
     def publish(self, device_id, channel, payload, retain=False, qos=1):
         """Queue one message to a device topic; :meth:`flush` waits for its PUBACK."""

@@ -4,7 +4,9 @@
 """The controller-side logic of an OTA rollout: the plan of waves, the abort
 rule, the state of each device and the resumable state file. Pure: no
 Ansible, no MQTT, no threads, no clock (every time is passed in as ``now``,
-wall-clock seconds), so the I/O around it is thin and the tests never sleep.
+the caller's monotonic clock; ``DeviceTracker(wall=...)`` turns it into
+wall-clock times for the record), so the I/O around it is thin and the tests
+never sleep. The executor that drives it is rolloutrun.py.
 
 Waves. ``plan_waves`` orders the devices to update (those not already on the
 version) by sha256("<rollout id>/<device id>"): a stable pseudo-random
@@ -21,7 +23,22 @@ Success. A device succeeds when (1) it reports ``confirmed`` on ``ota`` for
 this rollout's command id, (2) its retained ``status`` shows it online on
 the new version (either order), and (3) it then stays online on that
 version for ``soak_s`` (the soak). Going offline during the soak is a
-failure; coming back on another version during the soak is a roll-back.
+failure (unless the caller says it is a broker outage: the device is then
+away and its soak starts again when it is back, ``tick(now, outage_grace_s)``
+fails it if it is not back in time); coming back on another version during
+the soak is a roll-back. A reset during the soak (a live status whose
+``uptime_s`` is lower than an uptime seen before, or telemetry whose
+``status.uptime_seconds`` is lower than the previous one) and a silence
+longer than 2 x ``publish_interval_s`` + SILENCE_SLACK_S (``on_telemetry``
+and live statuses are what the device is heard by) are failures too.
+
+Commands again. A COMMANDED device seen online on the old version after its
+command (``on_status`` with ``live`` or ``outage``) with no report of any of
+its commands for ``recommand_after_s`` is ``wants_recommand``; the caller
+gives it a new command id with ``recommand`` (at most ``max_attempts``
+commands in all; the record's ``attempts`` keeps each). A COMMANDED device
+online on the new version with no ``confirmed`` for ``recommand_after_s``
+(its report died with a session) starts its soak.
 
 Failure and timeouts. A device fails when it reports ``failed`` or
 ``rolled_back``, fails the soak, or has not got through (1) and (2) within
@@ -43,8 +60,8 @@ resumable, and the rule that keeps a killed rollout from ever commanding a
 device twice is: mark the devices COMMANDED (``DeviceTracker.commanded``)
 and ``RolloutState.save()`` BEFORE publishing their commands. A run killed
 between the save and the publish leaves devices COMMANDED that never got the
-command: on resume they time out (a failure to look at), they are never
-commanded again. One run goes::
+command: on resume they are commanded again only by the rule above (back on
+the old version with no report), with a new command id. One run goes::
 
     state = RolloutState.open(path, rid, image, lambda: plan_waves(to_update, rid, ...), now)
     state.add_skipped(already_on_version); state.save()
@@ -75,7 +92,8 @@ controller was down are lost, the retained ``status`` is not: a device
 online on the new version starts a new soak; any other device keeps waiting
 for its reports at least min(timeout_s, 10) s more before it times out. A
 device that was soaking and is now offline, or online on another version,
-failed its soak. Nothing is ever commanded again on resume.
+failed its soak. A device back online on the old version is commanded
+again after ``recommand_after_s`` (see Commands again).
 """
 
 import hashlib
@@ -106,6 +124,7 @@ FAILURES = (FAILED, TIMED_OUT, ROLLED_BACK)
 
 FORMAT = 1
 RESUME_GRACE_S = 10
+SILENCE_SLACK_S = 5.0
 _ROLLOUT_ID = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
 _PERCENT = re.compile(r"^([0-9]+)%$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -244,9 +263,15 @@ class AbortPolicy(object):
 class DeviceTracker(object):
     """The state of one device in a rollout, driven by events. *record* is
     the device's entry in the state file, changed in place; every event
-    method returns True when it changed the record."""
+    method returns True when it changed the record.
 
-    def __init__(self, record, version, timeout_s, soak_s, device_id=None):
+    Clocks: every ``now`` is the caller's monotonic clock and every decision
+    (deadline, soak, silence, re-command) is taken on it, kept in memory
+    (``self.m``). The record gets wall-clock times for people, from
+    ``wall(now)`` (default: ``now`` itself, for a caller with one clock)."""
+
+    def __init__(self, record, version, timeout_s, soak_s, device_id=None, wall=None, recommand_after_s=None,
+                 max_attempts=1, silence_slack_s=SILENCE_SLACK_S):
         if not isinstance(record, dict) or record.get("state") not in STATES:
             raise RolloutError("device %s: %r is not a device record" % (device_id, record))
         if not isinstance(version, str) or not version:
@@ -255,11 +280,29 @@ class DeviceTracker(object):
             raise RolloutError("timeout_s: %r is not a number of seconds > 0" % (timeout_s,))
         if not _is_number(soak_s) or soak_s < 0:
             raise RolloutError("soak_s: %r is not a number of seconds >= 0" % (soak_s,))
+        if not _is_int(max_attempts) or max_attempts < 1:
+            raise RolloutError("max_attempts: %r is not a count >= 1" % (max_attempts,))
         self.record = record
         self.version = version
         self.timeout_s = timeout_s
         self.soak_s = soak_s
         self.device_id = device_id
+        self.wall = wall or (lambda now: now)
+        self.recommand_after_s = recommand_after_s
+        self.max_attempts = max_attempts
+        self.silence_slack_s = silence_slack_s
+        # monotonic decision times: commanded, soak_from, grace_until, away_since,
+        # heard (last live message), back_old (seen back on the old version)
+        self.m = {}
+        if record.get("state") in (COMMANDED, CONFIRMED) and record.get("commanded_at") is not None \
+                and wall is None:
+            self.m["commanded"] = record["commanded_at"]
+            if record.get("soak_from") is not None:
+                self.m["soak_from"] = record["soak_from"]
+            if record.get("grace_until") is not None:
+                self.m["grace_until"] = record["grace_until"]
+        self.uptime = None  # the highest uptime seen live since the soak began
+        self.telemetry = None  # (seq, uptime) of the last live telemetry
 
     @property
     def state(self):
@@ -273,12 +316,23 @@ class DeviceTracker(object):
     def failed(self):
         return self.state in FAILURES
 
+    def attempt_ids(self):
+        ids = [a["id"] for a in self.record.get("attempts") or []]
+        if self.record.get("command_id") and self.record["command_id"] not in ids:
+            ids.append(self.record["command_id"])
+        return ids
+
     def _end(self, state, detail, now):
-        self.record.update(state=state, detail=detail, ended_at=now)
+        self.record.update(state=state, detail=detail, ended_at=self.wall(now))
         return True
 
     def _soak(self, now):
-        self.record.update(state=CONFIRMED, soak_from=now)
+        self.record.update(state=CONFIRMED, soak_from=self.wall(now))
+        self.m["soak_from"] = now
+        self.m["heard"] = now
+        self.m.pop("away_since", None)
+        self.uptime = None
+        self.telemetry = None
         return True
 
     def offline(self, now):
@@ -288,29 +342,62 @@ class DeviceTracker(object):
         if self.state != PENDING:
             raise RolloutError("device %s is %s, not pending: it cannot be marked offline"
                                % (self.device_id, self.state))
-        self.record.update(state=OFFLINE, offline_at=now)
+        self.record.update(state=OFFLINE, offline_at=self.wall(now))
         return True
 
-    def commanded(self, now, command_id):
-        """PENDING/OFFLINE -> COMMANDED; in any other state a device is never commanded again."""
-        if self.state not in (PENDING, OFFLINE):
+    def commanded(self, now, command_id, why=None):
+        """PENDING/OFFLINE -> COMMANDED. Again from COMMANDED only through
+        :meth:`recommand` (a new command id, within max_attempts)."""
+        if self.state not in (PENDING, OFFLINE) and why is None:
             raise RolloutError("device %s is already %s (command %s): a device is never commanded twice"
                                % (self.device_id, self.state, self.record.get("command_id")))
         try:
             contract.check_command_id(command_id)
         except contract.ContractError as e:
             raise RolloutError("device %s: %s" % (self.device_id, e))
-        self.record.update(state=COMMANDED, commanded_at=now, command_id=command_id, progress=None, detail=None,
-                           confirmed_at=None, soak_from=None, on_version=False, grace_until=None, ended_at=None)
+        attempts = list(self.record.get("attempts") or [])
+        if not attempts and self.record.get("command_id") and why is not None:
+            attempts.append({"id": self.record["command_id"], "at": self.record.get("commanded_at"), "why": None})
+        attempts.append({"id": command_id, "at": self.wall(now), "why": why})
+        self.record.update(state=COMMANDED, commanded_at=self.wall(now), command_id=command_id, progress=None,
+                           detail=None, confirmed_at=None, soak_from=None, on_version=False, grace_until=None,
+                           ended_at=None, attempts=attempts)
+        self.m = {"commanded": now}
         return True
 
+    def wants_recommand(self, now):
+        """A reason to command this device again, or None: it is COMMANDED,
+        came back online on the old version after its command (a reconnect
+        or a reset: the download or the command was lost with a session), and
+        no report of any of its commands came for recommand_after_s since."""
+        if self.state != COMMANDED or self.recommand_after_s is None or "back_old" not in self.m:
+            return None
+        if len(self.attempt_ids()) >= self.max_attempts:
+            return None
+        if now - self.m["back_old"] < self.recommand_after_s:
+            return None
+        return "back online on %s with no final report for %g s" % (self.record.get("fw"), self.recommand_after_s)
+
+    def recommand(self, now, command_id, why):
+        """COMMANDED -> COMMANDED with a new command id (one more attempt)."""
+        if self.state != COMMANDED:
+            raise RolloutError("device %s is %s: only a commanded device is commanded again"
+                               % (self.device_id, self.state))
+        if len(self.attempt_ids()) >= self.max_attempts:
+            raise RolloutError("device %s had its %d attempts" % (self.device_id, self.max_attempts))
+        return self.commanded(now, command_id, why)
+
     def on_ota(self, report, now):
-        """A report on the device's ``ota`` channel ({"id", "state", "version", "detail"})."""
+        """A report on the device's ``ota`` channel ({"id", "state", "version", "detail"});
+        a report of any of the device's attempts counts."""
         if (not isinstance(report, dict) or self.state not in (COMMANDED, CONFIRMED)
-                or report.get("id") != self.record.get("command_id")):
+                or report.get("id") not in self.attempt_ids()):
             return False
         state, detail = report.get("state"), report.get("detail")
+        self.m.pop("back_old", None)  # it is working on a command
         if state in ("failed", "rolled_back"):
+            if report.get("id") != self.record.get("command_id") and self.state == COMMANDED:
+                return False  # an earlier attempt failed; the current one is still running
             return self._end(FAILED if state == "failed" else ROLLED_BACK,
                              str(detail) if detail else "the device reported %s" % state, now)
         if self.state != COMMANDED or state not in contract.OTA_STATES:
@@ -319,13 +406,16 @@ class DeviceTracker(object):
         self.record["progress"] = state
         if state == "confirmed":
             if self.record.get("confirmed_at") is None:
-                self.record["confirmed_at"] = now
+                self.record["confirmed_at"] = self.wall(now)
             if self.record.get("on_version"):
                 self._soak(now)
         return self.record != before
 
-    def on_status(self, status, now):
-        """The device's retained ``status`` ({"online": bool, "fw": str, ...})."""
+    def on_status(self, status, now, live=True, outage=False):
+        """The device's retained ``status`` ({"online": bool, "fw": str, ...}).
+        *live*: a message published now (not a retained one delivered at a
+        subscription). *outage*: the broker or the controller's session is
+        down or just back: going offline is not the device's fault."""
         if not isinstance(status, dict):
             return False
         before = dict(self.record)
@@ -333,13 +423,61 @@ class DeviceTracker(object):
         self.record["online"] = online
         if fw is not None:
             self.record["fw"] = fw
+        if online and _is_number(status.get("publish_interval_s")) and status["publish_interval_s"] > 0:
+            self.record["publish_interval_s"] = status["publish_interval_s"]
         if self.state == COMMANDED:
             self.record["on_version"] = online and fw == self.version
-            if self.record["on_version"] and self.record.get("confirmed_at") is not None:
-                self._soak(now)
+            if online and fw is not None and fw != self.version and (live or outage):
+                self.m.setdefault("back_old", now)
+            if self.record["on_version"]:
+                self.m.pop("back_old", None)
+                if live or outage:
+                    self.m.setdefault("on_new", now)
+                if self.record.get("confirmed_at") is not None:
+                    self._soak(now)
+            else:
+                self.m.pop("on_new", None)
         elif self.state == CONFIRMED:
-            self._check_soak(online, fw, now)
+            if not online and outage:
+                self.m.setdefault("away_since", now)
+            elif online and "away_since" in self.m and fw == self.version:
+                self._soak(now)  # back after the outage: the soak starts again
+            elif self._check_soak(online, fw, now):
+                pass
+            elif online and live:
+                self.m["heard"] = now
+                self._check_uptime(status.get("uptime_s"), "status", now, telemetry=False)
         return self.record != before
+
+    def on_telemetry(self, payload, now):
+        """A live ``state`` message of the device: it is alive; its uptime
+        (``status.uptime_seconds``) must not drop during the soak."""
+        if self.state != CONFIRMED or not isinstance(payload, dict) or "away_since" in self.m:
+            return False
+        self.m["heard"] = now
+        st = payload.get("status") if isinstance(payload.get("status"), dict) else {}
+        return self._check_uptime(st.get("uptime_seconds"), "telemetry", now, telemetry=True,
+                                  seq=payload.get("seq"))
+
+    def _check_uptime(self, uptime, where, now, telemetry, seq=None):
+        if not _is_number(uptime):
+            return False
+        if telemetry:
+            # telemetry comes in the order it was made (buffered ones first); a
+            # QoS 1 duplicate repeats an earlier (seq, uptime) and is ignored
+            last = self.telemetry
+            if last is not None and (seq, uptime) == last:
+                return False
+            self.telemetry = (seq, uptime)
+            if last is not None and uptime < last[1]:
+                return self._end(FAILED, "reset during the soak (telemetry uptime %g -> %g s)"
+                                 % (last[1], uptime), now)
+        elif self.uptime is not None and uptime < self.uptime:
+            # a status is made at a connect: after everything seen before it
+            return self._end(FAILED, "reset during the soak (status uptime %g s after %g s)"
+                             % (uptime, self.uptime), now)
+        self.uptime = max(self.uptime or 0, uptime)
+        return False
 
     def _check_soak(self, online, fw, now):
         if not online:
@@ -348,26 +486,63 @@ class DeviceTracker(object):
             return self._end(ROLLED_BACK, "came back on %s" % fw, now)
         return False
 
+    def silence_limit(self):
+        """How long a soaking device may stay silent: two telemetry intervals
+        (``publish_interval_s`` of its status) plus a slack; None without one."""
+        interval = (self.record.get("publish_interval_s"))
+        if not _is_number(interval) or interval <= 0:
+            return None
+        return 2 * interval + self.silence_slack_s
+
     def deadline(self):
-        """When a COMMANDED device times out (None in other states)."""
+        """When a COMMANDED device times out (None in other states), monotonic."""
         if self.state != COMMANDED:
             return None
-        deadline = self.record["commanded_at"] + self.timeout_s
-        if self.record.get("grace_until") is not None:
-            deadline = max(deadline, self.record["grace_until"])
+        deadline = self.m["commanded"] + self.timeout_s
+        if self.m.get("grace_until") is not None:
+            deadline = max(deadline, self.m["grace_until"])
         return deadline
 
-    def tick(self, now):
-        """Time passes: a COMMANDED device times out, a soak ends in success."""
+    def pause(self, seconds, now):
+        """The broker was away for *seconds*, back at *now*: a COMMANDED
+        device's deadline moves by as much; a soaking one was not heard for
+        the outage's sake (its silence counts from now)."""
+        if self.state == COMMANDED:
+            self.m["grace_until"] = (self.deadline() or 0) + seconds
+        elif self.state == CONFIRMED:
+            self.m["heard"] = max(self.m.get("heard", now), now)
+
+    def tick(self, now, outage_grace_s=None):
+        """Time passes: a COMMANDED device times out, a soak ends in success,
+        a soaking device that is silent too long or away after an outage fails."""
         if self.state == COMMANDED and now >= self.deadline():
+            attempts = len(self.attempt_ids())
+            tried = " (%d attempts)" % attempts if attempts > 1 else ""
             if self.record.get("confirmed_at") is not None:
-                detail = "confirmed but not online on %s within %g s (last status: %s)" % (
-                    self.version, self.timeout_s, self._last_status())
+                detail = "confirmed but not online on %s within %g s (last status: %s)%s" % (
+                    self.version, self.timeout_s, self._last_status(), tried)
             else:
-                detail = "no final report within %g s (last: %s)" % (
-                    self.timeout_s, self.record.get("progress") or "no report")
+                detail = "no final report within %g s (last: %s)%s" % (
+                    self.timeout_s, self.record.get("progress") or "no report", tried)
             return self._end(TIMED_OUT, detail, now)
-        if self.state == CONFIRMED and now - self.record["soak_from"] >= self.soak_s:
+        if (self.state == COMMANDED and self.record.get("on_version") and self.recommand_after_s is not None
+                and "on_new" in self.m and now - self.m["on_new"] >= self.recommand_after_s):
+            # online on the version, its confirmed report lost with a session:
+            # the soak decides (a reset or a rollback fails it)
+            self.record["progress"] = "online on %s, no confirmed report" % self.version
+            return self._soak(now)
+        if self.state != CONFIRMED:
+            return False
+        if "away_since" in self.m:
+            if outage_grace_s is not None and now - self.m["away_since"] >= outage_grace_s:
+                return self._end(FAILED, "offline since the broker outage and not back within %g s"
+                                 % outage_grace_s, now)
+            return False
+        limit = self.silence_limit()
+        if limit is not None and now - self.m.get("heard", now) > limit:
+            return self._end(FAILED, "silent for %.0f s during the soak (telemetry every %g s): hung"
+                             % (now - self.m["heard"], self.record["publish_interval_s"]), now)
+        if now - self.m["soak_from"] >= self.soak_s:
             return self._end(SUCCEEDED, None, now)
         return False
 
@@ -378,7 +553,9 @@ class DeviceTracker(object):
 
     def resumed(self, status, now):
         """Once per COMMANDED or CONFIRMED device when a killed rollout is
-        resumed, with its retained *status* (None: none). Other states: no-op."""
+        resumed, with its retained *status* (None: none). Other states: no-op.
+        The time left of the device's timeout comes from the wall-clock
+        commanded_at (the only use of the wall clock in a decision)."""
         if self.state not in (COMMANDED, CONFIRMED):
             return False
         before = dict(self.record)
@@ -388,15 +565,22 @@ class DeviceTracker(object):
             self.record["online"] = online
             if fw is not None:
                 self.record["fw"] = fw
+        elapsed = self.wall(now) - (self.record.get("commanded_at") or self.wall(now))
+        left = min(max(self.timeout_s - elapsed, 0), self.timeout_s)
+        self.m["commanded"] = now - (self.timeout_s - left)
         if online and fw == self.version:
             self.record["on_version"] = True
             self._soak(now)  # runs the new version: the soak starts again
         elif self.state == CONFIRMED and online is not None:
             self._check_soak(online, fw, now)  # was soaking, now offline or on another version
         else:
-            self.record.update(state=COMMANDED, on_version=False,
-                               grace_until=max(self.record["commanded_at"] + self.timeout_s,
-                                               now + min(self.timeout_s, RESUME_GRACE_S)))
+            self.m["grace_until"] = now + max(left, min(self.timeout_s, RESUME_GRACE_S))
+            self.record.update(state=COMMANDED, on_version=False, grace_until=self.wall(self.m["grace_until"]))
+            if online and fw is not None and self.recommand_after_s is not None:
+                # on the old version, maybe still downloading (its reports went
+                # to the run that died): commanded again once its timeout is over
+                self.m["back_old"] = now + max(0.0, left - self.recommand_after_s)
+                self.m["grace_until"] += self.recommand_after_s + 1
         return self.record != before
 
 

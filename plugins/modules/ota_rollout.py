@@ -122,9 +122,34 @@ options:
     description: The device's own limit for the download (the command's C(timeout_s)); default the firmware's.
     type: int
   soak:
-    description: Seconds a device must stay online on the new version after confirming it.
+    description:
+      - Seconds a device must stay online on the new version after confirming it, without a reset (its uptime
+        drops) or a silence longer than 2 x its telemetry interval (C(publish_interval_s)) + 5 s.
+      - The task warns when the soak is shorter than that silence limit (a hung device could pass it).
     type: float
     default: 60.0
+  max_attempts:
+    description: Commands per device at most, the first included (see O(recommand_after)).
+    type: int
+    default: 3
+  recommand_after:
+    description:
+      - Seconds a commanded device may be back online on the old version, after its command, with no report of
+        any of its commands, before it is commanded again with a new command id (its command or download died
+        with a session). Also how long a device online on the new version whose confirmed report was lost
+        waits before its soak starts.
+    type: float
+    default: 30.0
+  outage_grace:
+    description:
+      - Seconds after the controller's broker session is back during which offline reports are the outage's
+        (a broker restart publishes every device's will), not failures; a soaking device must be back by then.
+    type: float
+    default: 120.0
+  outage_max:
+    description: Seconds the run tries to get its broker session back; then it stops with its state saved (rerun to resume).
+    type: float
+    default: 300.0
   state_dir:
     description: Where state files live. Default C(<edgefleet_secrets_dir>/rollouts).
     type: path
@@ -194,7 +219,9 @@ waves:
   elements: dict
   sample: [{"wave": 1, "size": 1, "devices": ["psu-ktcyat68"], "counts": {"succeeded": 1}}]
 devices:
-  description: Per device id, its state (succeeded, failed, timed_out, rolled_back, skipped, offline, pending), wave and detail.
+  description:
+    - Per device id, its state (succeeded, failed, timed_out, rolled_back, skipped, offline, pending), wave and detail.
+    - C(attempts) lists each command (id, at, why) of a device commanded more than once.
   returned: always
   type: dict
 summary:
@@ -214,4 +241,14 @@ resumed:
   description: Whether this run continued a rollout from its state file.
   returned: always
   type: bool
+left_out:
+  description: Planned devices not finished that are outside this run's selection (--limit, devices), left as they are.
+  returned: always
+  type: list
+  elements: str
+outages:
+  description: Each time the broker session was lost during the run (wave, lost_at, back_after_s).
+  returned: always
+  type: list
+  elements: dict
 """

@@ -293,3 +293,127 @@ def test_an_image_the_site_key_did_not_sign_is_refused_before_anyone_is_commande
     for c in listeners:
         assert c.messages() == []
     assert not (tmp_path / "secrets" / "rollouts").exists()
+
+
+# --- broker restarts, hangs and crash loops: the executor on the real MQTT session --------------------------
+
+def executor(ota_site, image, tmp_path, rid, devices=IDS, **opts):
+    """The rollout executor (rolloutrun, what the action plugin runs) on a
+    real FleetSession to the test's Mosquitto as the controller user."""
+    import fleetmqtt
+    import rolloutrun
+    from simsite import SERVICE
+
+    session = rolloutrun.fleetmqtt.FleetSession("127.0.0.1", ota_site.broker.port, "controller",
+                                                SERVICE["controller"], SITE).connect(5)
+    options = dict(rollout_id=rid, device_timeout=60.0, soak=3.0, connect_timeout=5.0, canary=1,
+                   max_attempts=3, recommand_after=5.0, outage_grace=30.0, outage_max=60.0)
+    options.update(opts)
+    rr = rolloutrun.rollout
+    run = rolloutrun.RolloutRun(session, options, devices, rr.check_image(image, rid), [3, "100%"],
+                                rr.AbortPolicy(30, 3), str(tmp_path / "rollouts" / (rid + ".json")))
+    assert fleetmqtt  # the plain import path is on sys.path too
+    return run, session
+
+
+def attempts(result):
+    return dict((d, len(rec.get("attempts") or [1])) for d, rec in result["devices"].items())
+
+
+@pytest.mark.parametrize("seed", [int(os.environ.get("ROLLOUT_RESTART_SEED", "22")), 7])
+def test_a_broker_restart_in_every_wave_aborts_nothing_and_every_device_ends_on_the_new_version(
+        ota_site, image, tmp_path, seed):
+    """A real Mosquitto restarted (SIGTERM: it publishes every client's will,
+    then starts again on the same port with its persistence) at a random
+    moment of each wave (seeded, printed): every device ends on the new
+    version, nothing aborts, each device gets at most max_attempts commands."""
+    import random
+    import time
+
+    rng = random.Random(seed)
+    sims = ota_site()
+    ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
+    run, session = executor(ota_site, image, tmp_path, "rs%d" % seed)
+    restarts = {}
+
+    def restart():
+        ota_site.broker.stop()
+        ota_site.broker.start()
+
+    async def restarter(task):
+        seen = -1
+        while not task.done():
+            if run.wave is not None and run.wave != seen:
+                seen = run.wave
+                # a wave lasts its updates (about 1-2 s here) and its 3 s soak
+                delay = rng.uniform(0.0, 2.5)
+                print("seed %d: wave %d: broker restart %.2f s after the wave started" % (seed, seen + 1, delay))
+                await asyncio.sleep(delay)
+                if task.done():
+                    break
+                if run.wave != seen:
+                    print("seed %d: wave %d ended first: no restart in it" % (seed, seen + 1))
+                    continue
+                await asyncio.to_thread(restart)
+                restarts[seen + 1] = restarts.get(seen + 1, 0) + 1
+            await asyncio.sleep(0.05)
+
+    async def scenario():
+        started = time.monotonic()
+        task = asyncio.ensure_future(asyncio.to_thread(run.run))
+        await restarter(task)
+        await task
+        return time.monotonic() - started
+
+    try:
+        wall = asyncio.run(fleet_running(sims, ctl, scenario))
+    finally:
+        run.close()
+        session.close()
+    result = run.report({})
+    per_device = attempts(result)
+    on_new = sum(1 for s in sims if s.device.fw == NEW)
+    print("seed %d: restarts per wave %s, commands per device max %d, on the new version %d/%d, wall %.1f s, "
+          "outages %s" % (seed, restarts, max(per_device.values()), on_new, len(sims), wall, result["outages"]))
+    assert result["aborted"] is None, result
+    assert result["summary"] == {"succeeded": 8}, result["devices"]
+    assert on_new == 8
+    assert max(per_device.values()) <= 3
+    assert sorted(restarts) == [1, 2, 3], restarts
+    assert [o["wave"] for o in result["outages"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("fault, detail", [("hang_on", "silent for"), ("crash_on", None)])
+def test_a_canary_that_hangs_or_crash_loops_on_the_new_version_fails_inside_its_soak(ota_site, image, tmp_path,
+                                                                                      fault, detail):
+    """The simulator's fault injection: on the new version the canary's app
+    stops dead after 30 device seconds with its connection open (no will
+    before 1.5 x keepalive 30 s = 45 s), or crashes after 30 device seconds
+    on every boot. Telemetry every 2 device seconds: the controller knows
+    it from the status (publish_interval_s) and fails the canary after 2 x 2
+    + 5 s of silence, or at its reset, well inside the 40 s soak."""
+    import time
+
+    sims = ota_site(initial={"publish_interval_s": 2})
+    canary = plan("hc")[0][0]
+    board = dict(zip(IDS, sims))[canary].board
+    setattr(board.faults, fault, NEW)
+    ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
+    run, session = executor(ota_site, image, tmp_path, "hc", devices=[canary], soak=40.0)
+
+    async def scenario():
+        started = time.monotonic()
+        await asyncio.to_thread(run.run)
+        return time.monotonic() - started
+
+    try:
+        took = asyncio.run(fleet_running(sims, ctl, scenario))
+    finally:
+        run.close()
+        session.close()
+    rec = run.report({})["devices"][canary]
+    print("%s: %s after %.1f s: %s" % (fault, rec["state"], took, rec.get("detail")))
+    assert rec["state"] in ("failed", "rolled_back"), rec
+    if detail:
+        assert detail in rec["detail"], rec
+    assert took < 40, "not inside the soak"
