@@ -283,7 +283,7 @@ class FleetSession:
             while not predicate():
                 if self._disconnected is not None:
                     raise SessionLost("the broker %s:%d closed the session while waiting for %s (%s)"
-                                         % (self.host, self.port, what, self._disconnected))
+                                      % (self.host, self.port, what, self._disconnected))
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise FleetMqttError("no %s from the broker %s:%d within %.1f s" % (what, self.host, self.port,
@@ -365,8 +365,8 @@ class FleetSession:
             self._queue.clear()
         if not out and self._losses > self._told:
             self._told = self._losses
-            raise SessionLost("the broker %s:%d closed the session (%s)" % (self.host, self.port,
-                                                                           self._disconnected))
+            raise SessionLost("the broker %s:%d closed the session (%s)"
+                              % (self.host, self.port, self._disconnected))
         return out
 
     def reconnect(self, timeout=10.0):

@@ -478,5 +478,5 @@ class RolloutRun(object):
         if state.aborted is not None:
             r["failed"] = True
             r["msg"] = "aborted in wave %d/%d: %s (%s)" % (state.aborted["wave"] + 1, len(state.waves),
-                                                            state.aborted["reason"], r["msg"])
+                                                           state.aborted["reason"], r["msg"])
         return r
