@@ -48,9 +48,12 @@ case "${1:-}" in
     ansible-playbook playbooks/configure.yml -i inventories/lab/hosts.yml \
       -e "{\"device_config_fleet\": {\"publish_interval_s\": ${LAB_PUBLISH_S:-10}}}"
     log "rolling out app $version: canary, then waves (Prometheus: count by (fw) (edgefleet_device_info), edgefleet_ota_failed)"
+    # The soak sees a hang only if it outlasts two telemetry intervals and a
+    # margin (docs/fleet.md): 2 x the interval just pushed + 5 s.
+    soak=$(( 2 * ${LAB_PUBLISH_S:-10} + 5 ))
     ansible-playbook playbooks/ota.yml -i inventories/lab/hosts.yml -e "ota_version=$version" \
       -e ota_manifest_url=http://127.0.0.1:18080/manifest.json \
-      -e '{"ota_canary": 1, "ota_waves": [2, "100%"], "ota_soak": 15, "ota_abort_min_executed": 2}'
+      -e "{\"ota_canary\": 1, \"ota_waves\": [2, \"100%\"], \"ota_soak\": $soak, \"ota_abort_min_executed\": 2}"
     ;;
   *)
     echo "usage: tools/lab.sh up|down|rollout" >&2
