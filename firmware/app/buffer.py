@@ -29,7 +29,7 @@ class OfflineBuffer:
         self._next = self._seqs[-1] + 1 if self._seqs else 1
         self.dropped = self._read_dropped()
         while len(self._seqs) > capacity:  # capacity lowered by a new config
-            self._drop_oldest()
+            self.drop_oldest()
 
     def _path(self, seq):
         return "%s/%0*d" % (self.dir, _WIDTH, seq)
@@ -48,7 +48,7 @@ class OfflineBuffer:
         with self.fs.open(self.dir + "/dropped", "w") as f:
             f.write(str(self.dropped))
 
-    def _drop_oldest(self):
+    def drop_oldest(self):
         seq = self._seqs.pop(0)
         self.fs.remove(self._path(seq))
         self.dropped += 1
@@ -60,7 +60,7 @@ class OfflineBuffer:
     def push(self, payload):
         """Store one message (bytes); drops the oldest when full."""
         if len(self._seqs) >= self.capacity:
-            self._drop_oldest()
+            self.drop_oldest()
         seq = self._next
         self._next += 1
         with self.fs.open(self._path(seq), "wb") as f:

@@ -20,12 +20,15 @@ async def connect(dev):
     board = dev.board
     broker = dev.settings["broker"]
     await board.wifi_connect()
-    will = (dev.topic("status"), json.dumps({"online": False}).encode(), 1, True)
+    # the broker says so when the connection dies; a deliberate reset says why itself (offline())
+    will = (dev.topic("status"), b'{"online": false, "reason": "connection_lost"}', 1, True)
+    # a persistent session (client id = device id): QoS 1 commands sent while
+    # the device is away are queued by the broker and delivered at the next connect
     client = mqtt.Client(dev.id, broker["host"], broker.get("port", 1883), user=dev.id,
                          password=dev.settings["password"], keepalive=broker.get("keepalive", 60), will=will,
                          ssl=board.ssl_context(broker) if broker.get("tls") else None,
                          on_message=dev.on_message, timeout_s=broker.get("timeout_s", 10),
-                         max_packet_size=broker.get("max_packet_size", mqtt.MAX_PACKET_SIZE))
+                         max_packet_size=broker.get("max_packet_size", mqtt.MAX_PACKET_SIZE), clean=False)
     dev.client = client
     await client.connect()
     dev.connects += 1
@@ -84,7 +87,9 @@ async def self_test(dev):
             otasig.confirmed(dev, last)  # anti-rollback: the device's security version rises
             dev.release_modules("otasig")
     dev.confirmed_event.set()
-    if last and not last.get("reported") and last.get("result") in ("confirmed", "rolled_back"):
+    # an outcome not reported yet: a confirmation, a rollback, or a failed
+    # update whose report died with the session it was sent on (ota.run)
+    if last and not last.get("reported") and last.get("result") in ("confirmed", "rolled_back", "failed"):
         import contract
 
         await dev.publish_json("ota", contract.ota_report(last.get("id"), last["result"], last.get("version"),
@@ -123,15 +128,43 @@ async def cfg(dev, payload):
     if new != dev.config:
         bootsel.write_json(dev.fs, "config.json", candidate)  # atomic
         dev.config = new
-        dev.buffer.capacity = new["buffer_capacity"]
+        buf = dev.buffer
+        buf.capacity = new["buffer_capacity"]
+        while len(buf) > buf.capacity:  # a lower capacity holds at once, oldest dropped (and counted)
+            buf.drop_oldest()
     await dev.publish_json("cfg/ack", devconfig.ack(new["version"], "applied"))
     await dev.publish_json("status", dev.status_payload(), retain=True)
 
 
+async def message(dev, topic, payload):
+    """One message of the inbox: a cfg, a command, or (topic None) the id
+    of a command refused because the inbox was full (Device.on_message)."""
+    if topic is None:
+        import contract
+
+        await dev.publish_json("cmd/ack", contract.cmd_ack(
+            payload, None, "rejected", "inbox full: not done; send it again", "inbox_full"))
+        return None
+    if topic == dev.topic("cfg"):
+        return await cfg(dev, payload)
+    return await cmd(dev, payload)
+
+
+async def offline(dev, reason):
+    """Before a deliberate reset: the retained status says offline, and why
+    (a clean DISCONNECT discards the will), then the session ends."""
+    status = dev.status_payload(False)
+    status["reason"] = reason
+    await dev.publish_json("status", status, retain=True)
+    await dev.client.disconnect()
+
+
 async def cmd(dev, payload):
-    """Every command gets an answer: the others (and anything malformed)
-    on cmd/ack, here; an ``ota`` on the ota channel, by ota.run: it is
-    returned, so that the device runs it without this module loaded."""
+    """Every command gets an answer: the others (and anything malformed
+    or refused before it runs) on cmd/ack, here; an ``ota`` on the ota
+    channel, by ota.run: it is returned, so that the device runs it
+    without this module loaded. A command with ``expires`` runs only on a
+    set clock before then (waiting up to CLOCK_WAIT_S for the clock)."""
     import contract
 
     try:
@@ -146,6 +179,22 @@ async def cmd(dev, payload):
             contract.command_id_of(command), command.get("cmd") if isinstance(command, dict) else None, "rejected",
             str(e)))
         return None
+    board = dev.board
+    expires = command.get("expires")
+    if expires is not None:
+        for _ in range(contract.CLOCK_WAIT_S):
+            if board.time_synced():
+                break
+            await board.sleep(1)
+        # a board whose time() runs fast (the simulator's time_scale) gives its real-speed clock
+        now, refused = getattr(board, "wall_time", board.time)(), None
+        if not board.time_synced():
+            refused = "clock_unset", "the command expires at %d but this device's clock is not set" % expires
+        elif now >= expires:
+            refused = "expired", "the command expired at %d, %d s before it was handled" % (expires, now - expires)
+        if refused:
+            await dev.publish_json("cmd/ack", contract.cmd_ack(cmd_id, name, "rejected", refused[1], refused[0]))
+            return None
     if name == "ota":
         return command
     if name == "signing_key":
@@ -159,6 +208,6 @@ async def cmd(dev, payload):
     # reboot
     try:
         await dev.publish_json("cmd/ack", contract.cmd_ack(cmd_id, name, "accepted"))
-        await dev.client.disconnect()
+        await offline(dev, "rebooting")
     finally:
         dev.board.reset()

@@ -34,15 +34,20 @@ import telemetry
 from buffer import OfflineBuffer
 
 FW_VERSION = "0.2.0"
-INBOX_LIMIT = 8  # commands and configs waiting to be handled; more ends the session unacknowledged
+# Commands waiting to be handled. One more is refused (answered inbox_full
+# on cmd/ack, only its id kept); past twice this the session ends with the
+# message unacknowledged, and the broker (a persistent session) sends it again.
+# A cfg never takes a slot: it replaces the cfg waiting, if any.
+INBOX_LIMIT = 8
 SENSOR_READ_DEADLINE_S = 30  # a sensor read that takes longer means a wedged bus: stop feeding the watchdog
 # Modules imported only for a rare job and released after it (release_modules:
 # on MicroPython their code then leaves the heap): identity
 # and the contract at boot, the config schema and control for a cfg, a
 # command or the self-test after a connect, ota, otasig, p256 (the signature
-# check) and httpget for an update, sntp for a time query, metricstext for a
+# check), httpget and otaend (its outcome) for an update, sntp for a time query, metricstext for a
 # scrape.
-RARE = ("identity", "contract", "devconfig", "control", "ota", "otasig", "p256", "httpget", "sntp", "metricstext")
+RARE = ("identity", "contract", "devconfig", "control", "ota", "otaend", "otasig", "p256", "httpget", "sntp",
+        "metricstext")
 MICROPYTHON = sys.implementation.name == "micropython"
 
 
@@ -201,9 +206,18 @@ class Device:
 
     # --- MQTT session --------------------------------------------------------
     def on_message(self, topic, payload, retain):
-        if len(self.inbox) >= INBOX_LIMIT:
-            raise RuntimeError("inbox full")  # not acknowledged: the session ends
-        self.inbox.append((topic, payload))
+        inbox = self.inbox
+        if topic == self.base + "cfg":  # the whole desired state: it replaces the one waiting
+            inbox[:] = [m for m in inbox if m[0] != topic]
+        elif len(inbox) >= INBOX_LIMIT:
+            if len(inbox) >= 2 * INBOX_LIMIT:
+                raise RuntimeError("inbox full")  # not acknowledged: the session ends
+            try:  # refused: keep only the id, to answer inbox_full (control.message)
+                payload = json.loads(payload)["id"]
+            except Exception:
+                payload = None
+            topic = None
+        inbox.append((topic, payload))
         self.inbox_event.set()
 
     async def connection_loop(self):
@@ -276,7 +290,7 @@ class Device:
                                                                    update.get("version"),
                                                                    "out of memory during the update"))
             finally:
-                self.release_modules("ota", "httpget", "contract")
+                self.release_modules("ota", "otaend", "httpget", "contract")
 
     async def inbox_loop(self):
         while True:
@@ -285,10 +299,7 @@ class Device:
             while self.inbox:
                 topic, payload = self.inbox.pop(0)
                 try:
-                    if topic == self.topic("cfg"):
-                        await self.control("cfg", payload)
-                    elif topic == self.topic("cmd"):
-                        await self.control("cmd", payload)
+                    await self.control("message", topic, payload)
                 except Exception as e:
                     self.board.log("handling %s failed: %r" % (topic, e))
 

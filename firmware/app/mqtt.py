@@ -22,7 +22,9 @@ How it stays robust against a broken or hostile peer:
   size against ``max_packet_size`` before anything is allocated. Anything
   wrong ends the session with an ``MqttError`` that says what.
 - A QoS 1 message is acknowledged only after ``on_message`` returned; if it
-  raises, the message is not acknowledged and the session ends.
+  raises, the message is not acknowledged and the session ends. Only a
+  persistent session (``clean=False``) makes the broker send it again at
+  the next connect; with a clean session it is gone.
 """
 
 import asyncio
@@ -60,10 +62,11 @@ class _Session:
 
 class Client:
     def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive=60, will=None,
-                 ssl=None, on_message=None, timeout_s=10, max_packet_size=MAX_PACKET_SIZE):
+                 ssl=None, on_message=None, timeout_s=10, max_packet_size=MAX_PACKET_SIZE, clean=True):
         # everything that goes into CONNECT is checked here, before any I/O;
-        # *will* is (topic, payload bytes, qos, retain)
-        self._connect_packet = pkt.connect(client_id, keepalive, user, password, will)
+        # *will* is (topic, payload bytes, qos, retain); *clean* False keeps
+        # the broker's session (subscriptions, queued QoS 1) across connections
+        self._connect_packet = pkt.connect(client_id, keepalive, user, password, will, clean)
         if not 1 <= max_packet_size <= pkt.MAX_REMAINING:
             raise ValueError("max_packet_size must be 1..%d, got %r" % (pkt.MAX_REMAINING, max_packet_size))
         self.client_id = client_id
@@ -259,7 +262,7 @@ class Client:
                         try:
                             self.on_message(topic, payload, retain)
                         except Exception as e:
-                            # not acknowledged: the broker still owns the message
+                            # not acknowledged: a persistent session gets it again at the next connect
                             self._end(s, "on_message failed for %s: %s" % (topic, _describe(e)))
                             return
                     if qos == 1:

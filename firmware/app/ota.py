@@ -241,7 +241,8 @@ async def run(device, cmd):
     is reported as ``failed`` with its reason (running out of memory
     included) and changes nothing; once the update is committed the board
     always resets, even when the report cannot be sent. The caller keeps
-    no reference to the contract: _install releases it before the download."""
+    no reference to the contract: _install releases it before the download.
+    What follows the install either way is in otaend, imported only then."""
     import contract
 
     # every report has the contract's shape (ota_report); only its state and detail change
@@ -262,16 +263,11 @@ async def run(device, cmd):
             detail = "out of memory during the update"
         else:
             detail = str(e) or type(e).__name__
-        try:
-            await report("failed", detail)
-        except Exception as e2:
-            device.board.log("ota: could not report the failure: %r" % (e2,))
+        import otaend
+
+        await otaend.failed(device, cmd, shape, detail, report)
         return False
-    try:
-        await report("rebooting")
-        await device.client.disconnect()
-    except Exception as e:
-        device.board.log("ota: committed, but the report failed (%r); resetting anyway" % (e,))
-    finally:
-        device.board.reset()
+    import otaend
+
+    await otaend.committed(device, report)
     return True

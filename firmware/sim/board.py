@@ -229,6 +229,15 @@ class HostBoard:
     def set_time(self, epoch):
         self._wall_offset = epoch - self._boot - self._elapsed()
         self._synced = True
+        self._set_at = (epoch, self._clock())
+
+    def wall_time(self):
+        """The clock a command's ``expires`` is judged on (control.cmd): the
+        wall clock at real speed, as a board's RTC runs; time() runs
+        time_scale times fast, which would expire every command early."""
+        if getattr(self, "_set_at", None) is not None:
+            return self._set_at[0] + self._clock() - self._set_at[1]
+        return self._clock() if not self.faults.clock_unset else self.time()
 
     def uptime_s(self):
         return int(self._elapsed())

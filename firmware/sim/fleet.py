@@ -288,7 +288,9 @@ class SimDevice:
         d = self.device
         if d is not None and d.online():
             try:
-                await asyncio.wait_for(d.publish_json("status", d.status_payload(online=False), retain=True), 5)
+                status = d.status_payload(online=False)
+                status["reason"] = "shutdown"  # retained: the clean DISCONNECT below discards the will
+                await asyncio.wait_for(d.publish_json("status", status, retain=True), 5)
                 await d.client.disconnect()
             except Exception:
                 pass

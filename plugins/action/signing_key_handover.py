@@ -16,7 +16,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-from ansible_collections.edgefleet.site.plugins.module_utils import contract, fleetmqtt, handover, otasign
+from ansible_collections.edgefleet.site.plugins.module_utils import commands, contract, fleetmqtt, handover, otasign
 
 display = Display()
 
@@ -67,11 +67,13 @@ class ActionModule(ActionBase):
                 if not otasign.verify_handover(current_hex, new_hex, signature):
                     raise otasign.SigningKeyError("the hand-over signature does not verify with current.pub")
                 state = handover.HandoverState.open(record, new_hex)
-                cmd = json.dumps(contract.signing_key_command(state.command_id, new_hex, signature), sort_keys=True)
+                # expires when this task stops waiting: a device away longer refuses it (expired); a rerun sends again
+                cmd = json.dumps(commands.with_expiry(contract.signing_key_command(state.command_id, new_hex, signature),
+                                                      time.time(), args["timeout"]), sort_keys=True)
         except otasign.SigningKeyError as e:
             raise AnsibleActionFail("signing_key_handover: %s (create the next key first: ota_signing_key "
                                     "state=next, as playbooks/signing_key.yml does)" % e)
-        except (handover.HandoverError, contract.ContractError) as e:
+        except (handover.HandoverError, contract.ContractError, commands.CommandError) as e:
             raise AnsibleActionFail("signing_key_handover: %s" % e)
         try:
             session = fleetmqtt.open_session(args, inventory_vars)

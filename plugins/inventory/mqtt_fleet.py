@@ -16,7 +16,10 @@ description:
   - Host variables C(device_id), C(device_kind), C(device_mac), C(device_chip),
     C(device_fw), C(device_ip), C(device_online) (false when the device has no
     status), C(device_cfg_version), C(device_uptime_s), C(device_rssi),
-    C(device_metrics) (the URL of its /metrics), and the whole decoded
+    C(device_metrics) (the URL of its /metrics), C(device_offline_reason)
+    (null when online; else the reason its retained status gives, one of
+    C(rebooting), C(updating), C(shutdown) (the simulator), C(connection_lost) (the
+    broker's will), or null when it gives none), and the whole decoded
     payloads as C(device_announce) and C(device_status) (empty when none).
     C(ansible_host) is not set; devices are not SSH hosts, the fleet plugins
     run on the Ansible controller.
@@ -215,6 +218,9 @@ def check_status(data):
     fw = data.get("fw")
     if fw is not None and not isinstance(fw, str):
         raise Skip("status fw %r is not a string" % (fw,))
+    reason = data.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise Skip("status reason %r is not a string" % (reason,))
 
 
 def fold(site, messages):
@@ -278,6 +284,9 @@ def host_vars(device_id, kind, announce, mac, status):
         "device_online": status.get("online") is True, "device_cfg_version": status.get("cfg_version"),
         "device_uptime_s": status.get("uptime_s"), "device_rssi": status.get("rssi"),
         "device_metrics": announce.get("metrics"), "device_announce": announce, "device_status": status,
+        # why an offline device is offline, as its retained status says: rebooting, updating (its new
+        # image never came back if this stays), shutdown, connection_lost (the will); None when online
+        "device_offline_reason": None if status.get("online") is True else status.get("reason"),
     }
 
 

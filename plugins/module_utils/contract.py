@@ -20,6 +20,12 @@ CHANNELS = DEVICE_WRITES + DEVICE_READS
 
 COMMANDS = ("ota", "reboot", "signing_key")
 CMD_RESULTS = ("accepted", "rejected")
+# Machine-readable reasons of a refusal on cmd/ack (besides the text in
+# "detail"): the command's ``expires`` had passed; it carried ``expires`` but
+# the device's clock was still unset after CLOCK_WAIT_S; the device's inbox
+# was full when it arrived (nothing of it was done).
+CMD_REASONS = ("expired", "clock_unset", "inbox_full")
+CLOCK_WAIT_S = 60
 OTA_PAYLOADS = ("app", "firmware")
 OTA_STATES = ("downloading", "verifying", "rebooting", "confirmed", "failed", "rolled_back")
 OTA_FINAL_STATES = ("confirmed", "failed", "rolled_back")
@@ -99,6 +105,10 @@ def check_command(cmd):
     name = cmd.get("cmd")
     if name not in COMMANDS:
         raise ContractError("unknown command %r (known: %s)" % (name, ", ".join(COMMANDS)))
+    expires = cmd.get("expires")
+    if expires is not None and (not _is_int(expires) or expires <= 0):
+        raise ContractError("command expires must be a positive integer (seconds since the epoch, UTC), got %r"
+                            % (expires,))
     return cmd["id"], name
 
 
@@ -109,16 +119,23 @@ def command_id_of(cmd):
     return None
 
 
-def cmd_ack(cmd_id, cmd, result, detail=None):
+def cmd_ack(cmd_id, cmd, result, detail=None, reason=None):
     """The device's answer on ``cmd/ack`` to a command that is not an OTA
-    (an OTA command is answered on ``ota``)."""
+    (an OTA command is answered on ``ota``), and to any command, an OTA
+    included, refused for one of CMD_REASONS (then with ``reason``)."""
     if result not in CMD_RESULTS:
         raise ContractError("cmd/ack result must be one of %s, got %r" % (", ".join(CMD_RESULTS), result))
-    return {"id": cmd_id, "cmd": cmd, "result": result, "detail": detail}
+    out = {"id": cmd_id, "cmd": cmd, "result": result, "detail": detail}
+    if reason is not None:
+        out["reason"] = reason
+    return out
 
 
-def reboot_command(cmd_id):
-    return {"id": check_command_id(cmd_id), "cmd": "reboot"}
+def reboot_command(cmd_id, expires=None):
+    cmd = {"id": check_command_id(cmd_id), "cmd": "reboot"}
+    if expires is not None:
+        cmd["expires"] = expires
+    return cmd
 
 
 # --- OTA (channels cmd and ota) ----------------------------------------------------

@@ -367,12 +367,21 @@ class DeviceTracker(object):
 
     def wants_recommand(self, now):
         """A reason to command this device again, or None: it is COMMANDED,
-        came back online on the old version after its command (a reconnect
-        or a reset: the download or the command was lost with a session), and
-        no report of any of its commands came for recommand_after_s since."""
-        if self.state != COMMANDED or self.recommand_after_s is None or "back_old" not in self.m:
+        and either came back online on the old version after its command (a
+        reconnect or a reset: the download or the command was lost with a
+        session) with no report of any of its commands for
+        recommand_after_s since, or refused its current command for a
+        passing reason (on_cmd_ack) recommand_after_s ago."""
+        if self.state != COMMANDED or self.recommand_after_s is None:
             return None
         if len(self.attempt_ids()) >= self.max_attempts:
+            return None
+        refused = self.m.get("refused")
+        if refused is not None:
+            if now - refused[0] < self.recommand_after_s:
+                return None
+            return "refused %s %g s ago" % (refused[1], self.recommand_after_s)
+        if "back_old" not in self.m:
             return None
         if now - self.m["back_old"] < self.recommand_after_s:
             return None
@@ -410,6 +419,28 @@ class DeviceTracker(object):
             if self.record.get("on_version"):
                 self._soak(now)
         return self.record != before
+
+    def on_cmd_ack(self, ack, now):
+        """An answer on the device's ``cmd/ack`` to its current OTA command:
+        the device refused it before doing anything. A refusal for one of
+        contract.CMD_REASONS (expired: it waited, queued, past its expiry;
+        clock_unset: the device could not tell the time; inbox_full) passes:
+        the device is commanded again after recommand_after_s (a new id and
+        a new expiry), within max_attempts, and fails with that reason when
+        none is left. Any other refusal of an OTA command fails it now."""
+        if (not isinstance(ack, dict) or self.state != COMMANDED or ack.get("id") != self.record.get("command_id")
+                or ack.get("result") != "rejected"):
+            return False
+        reason, detail = ack.get("reason"), ack.get("detail")
+        text = "refused%s: %s" % (" (%s)" % reason if reason else "", detail or "no detail")
+        if reason in contract.CMD_REASONS and self.recommand_after_s is not None \
+                and len(self.attempt_ids()) < self.max_attempts:
+            self.m["refused"] = (now, reason)
+            self.m.pop("back_old", None)
+            self.record["progress"] = text
+            return True
+        attempts = len(self.attempt_ids())
+        return self._end(FAILED, text + (" (%d attempts)" % attempts if attempts > 1 else ""), now)
 
     def on_status(self, status, now, live=True, outage=False):
         """The device's retained ``status`` ({"online": bool, "fw": str, ...}).

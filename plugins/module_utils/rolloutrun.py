@@ -62,8 +62,9 @@ import os
 import time
 
 try:
-    from ansible_collections.edgefleet.site.plugins.module_utils import contract, fleetmqtt, rollout
+    from ansible_collections.edgefleet.site.plugins.module_utils import commands, contract, fleetmqtt, rollout
 except ImportError:  # tests import it from plugins/module_utils directly
+    import commands
     import contract
     import fleetmqtt
     import rollout
@@ -198,10 +199,13 @@ class RolloutRun(object):
             messages = []
         now = self.clock.mono()
         for m in messages:
-            if m.channel == "ota":
+            if m.channel in ("ota", "cmd/ack"):
                 t = by_device.get(m.device_id)
                 if t is not None:
-                    self.dirty |= t.on_ota(decode(m.payload), now)
+                    if m.channel == "ota":
+                        self.dirty |= t.on_ota(decode(m.payload), now)
+                    else:
+                        self.dirty |= t.on_cmd_ack(decode(m.payload), now)
             elif m.channel in ("status", "state"):
                 self.held.append((now, m))
         self.release(by_device, now)
@@ -256,7 +260,7 @@ class RolloutRun(object):
     # --- the run -----------------------------------------------------------------------
     def run(self):
         opts, version = self.opts, self.image["version"]
-        self.session.subscribe(["status", "ota", "state"], timeout=opts["connect_timeout"])
+        self.session.subscribe(["status", "ota", "cmd/ack", "state"], timeout=opts["connect_timeout"])
         for m in self.session.events():
             if m.channel == "status":
                 self.status[m.device_id] = decode(m.payload)
@@ -333,10 +337,13 @@ class RolloutRun(object):
         while True:
             try:
                 for device, cmd_id in send:
-                    cmd = json.dumps(contract.ota_command(
+                    # it expires when the device would time out anyway: a device away a
+                    # while still gets it queued, a stale one refuses it (expired)
+                    cmd = json.dumps(commands.with_expiry(contract.ota_command(
                         cmd_id, self.image["payload"], self.image["version"], self.image["url"], self.image["size"],
                         self.image["sha256"], self.image["security_version"], self.image["signature"],
-                        self.opts["download_timeout"]), sort_keys=True)
+                        self.opts["download_timeout"]), self.clock.wall(), self.opts["device_timeout"]),
+                        sort_keys=True)
                     self.session.publish(device, "cmd", cmd)
                 self.session.flush(timeout=30)
                 break

@@ -10,6 +10,7 @@ supervisor, /metrics, NTP."""
 
 import json
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -180,7 +181,7 @@ def test_will_is_published_when_the_process_is_killed(site):
     d = site.device().start()
     wait_online(ctl, d)
     d.kill()  # a power cut: no DISCONNECT
-    wait_until(lambda: {"online": False} in payloads(ctl, "status"), 10, "the will")
+    wait_until(lambda: {"online": False, "reason": "connection_lost"} in payloads(ctl, "status"), 10, "the will")
 
 
 def test_metrics_endpoint(site):
@@ -350,3 +351,136 @@ def test_status_is_published_again_once_the_clock_is_set(site, ntp_server):
     late = site.watch("controller")
     wait_until(lambda: payloads(late, "status"), 5, "the retained status")
     assert payloads(late, "status")[-1]["time_synced"] is True
+
+
+# --- issue 22: commands that are not lost, status that tells the truth -----------------------------
+
+def test_a_command_sent_while_the_device_was_away_is_delivered_when_it_is_back(site):
+    """A persistent session (client id = device id, QoS 1 cmd): the broker
+    queues a command sent while the device is off and delivers it at the
+    next connect. With a clean session it was gone."""
+    ctl = site.watch("controller")
+    d = site.device().start()
+    wait_online(ctl, d)
+    d.kill()  # a power cut
+    wait_until(lambda: payloads(ctl, "status")[-1]["online"] is False, 10, "the will")
+    ctl.publish(topic("cmd"), json.dumps({"id": "away-1", "cmd": "dance"}), qos=1)
+    d.start()
+    wait_until(lambda: payloads(ctl, "cmd/ack"), 15, f"the queued command's answer; device output:\n"
+                                                      f"{d.output()[-2000:]}")
+    answers = payloads(ctl, "cmd/ack")
+    assert [(a["id"], a["result"]) for a in answers] == [("away-1", "rejected")]
+    assert "unknown command" in answers[0]["detail"] and d.boots == 2
+
+
+def test_a_stale_command_is_refused_expired_and_a_fresh_one_runs(site, ntp_server):
+    """A command carries ``expires``; the device runs it only before then,
+    by its clock (set from the site's NTP server). The reboot that runs
+    leaves the retained status offline with its reason before the reset."""
+    ctl = site.watch("controller")
+    ntp_server.start()
+    d = site.device(config={"ntp_server": ntp_server.address}).start()
+    wait_online(ctl, d)
+    wait_until(lambda: payloads(ctl, "status")[-1]["time_synced"] is True, 15, "the clock set")
+    now = int(ntp_server.now())
+    ctl.publish(topic("cmd"), json.dumps({"id": "old-1", "cmd": "reboot", "expires": now - 5}))
+    ctl.publish(topic("cmd"), json.dumps({"id": "new-1", "cmd": "reboot", "expires": now + 300}))
+    wait_until(lambda: len(payloads(ctl, "cmd/ack")) >= 2 and d.boots == 2, 10, "two answers and a reboot")
+    old, new = payloads(ctl, "cmd/ack")[:2]
+    assert (old["id"], old["result"], old["reason"]) == ("old-1", "rejected", "expired"), old
+    assert old["detail"].startswith("the command expired at %d" % (now - 5))
+    assert new == {"id": "new-1", "cmd": "reboot", "result": "accepted", "detail": None}
+    statuses = payloads(ctl, "status")
+    offline = [s for s in statuses if s["online"] is False]
+    assert offline and offline[0]["reason"] == "rebooting" and offline[0]["fw"] == app.FW_VERSION, statuses
+
+
+def test_a_command_with_expires_waits_for_the_clock_then_is_refused_clock_unset(site):
+    """With the clock never set, a command that carries ``expires`` cannot
+    be judged: after contract.CLOCK_WAIT_S (device seconds) it is refused
+    ``clock_unset`` and not run (no reboot)."""
+    ctl = site.watch("controller")
+    d = site.device(config={"ntp_server": "127.0.0.1:9"}, time_scale=0.05).start()
+    wait_online(ctl, d)
+    ctl.publish(topic("cmd"), json.dumps({"id": "r-1", "cmd": "reboot", "expires": int(time.time()) + 3600}))
+    wait_until(lambda: payloads(ctl, "cmd/ack"), 15, "the answer")
+    answer = payloads(ctl, "cmd/ack")[0]
+    assert (answer["id"], answer["result"], answer["reason"]) == ("r-1", "rejected", "clock_unset"), answer
+    time.sleep(1)
+    assert d.boots == 1 and online_count(ctl) == 1
+
+
+def test_inbox_overflow_is_answered_inbox_full(site):
+    """While the device is busy with one command (it waits for its clock),
+    the next INBOX_LIMIT wait in its inbox and those after them are
+    answered ``inbox_full`` on cmd/ack, in order, instead of vanishing."""
+    ctl = site.watch("controller")
+    d = site.device(config={"ntp_server": "127.0.0.1:9"}, time_scale=0.1).start()
+    wait_online(ctl, d)
+    ctl.publish(topic("cmd"), json.dumps({"id": "busy", "cmd": "reboot", "expires": int(time.time()) + 3600}))
+    extra = 3
+    for i in range(app.INBOX_LIMIT + extra):
+        ctl.publish(topic("cmd"), json.dumps({"id": "q-%d" % i, "cmd": "dance"}))
+    total = 1 + app.INBOX_LIMIT + extra
+    wait_until(lambda: len(payloads(ctl, "cmd/ack")) >= total, 20,
+               f"{total} answers; device output:\n{d.output()[-2000:]}")
+    answers = [(a["id"], a.get("reason")) for a in payloads(ctl, "cmd/ack")]
+    assert answers[0] == ("busy", "clock_unset")
+    assert answers[1:] == [("q-%d" % i, None) for i in range(app.INBOX_LIMIT)] + [
+        ("q-%d" % i, "inbox_full") for i in range(app.INBOX_LIMIT, app.INBOX_LIMIT + extra)], answers
+    assert all(a["result"] == "rejected" for a in payloads(ctl, "cmd/ack")) and d.boots == 1
+
+
+def test_a_device_that_never_comes_back_stays_offline_with_the_reason(site, www):
+    """Reboot, then an update whose new image never boots: each time the
+    retained status a late subscriber reads says offline, and why."""
+    ctl = site.watch("controller")
+    d = site.device().start()
+    wait_online(ctl, d)
+    d.never_back = True
+    ctl.publish(topic("cmd"), json.dumps({"id": "r-1", "cmd": "reboot"}))
+    wait_until(lambda: d.exits, 10, "the reset")
+    late = site.watch("controller")
+    wait_until(lambda: payloads(late, "status"), 5, "the retained status")
+    assert payloads(late, "status")[-1] == dict(payloads(late, "status")[-1], online=False, reason="rebooting")
+    d.never_back = False
+    d.start()
+    wait_online(ctl, d, count=2)
+    d.never_back = True
+    ctl.publish(topic("cmd"), json.dumps(signed_ota(www, app_bundle(NEW))))
+    wait_until(lambda: len(d.exits) == 2, 30, f"the update's reset; device output:\n{d.output()[-3000:]}")
+    assert [r["state"] for r in payloads(ctl, "ota")] == ["downloading", "verifying", "rebooting"]
+    later = site.watch("controller")
+    wait_until(lambda: payloads(later, "status"), 5, "the retained status")
+    status = payloads(later, "status")[-1]
+    assert status["online"] is False and status["reason"] == "updating" and status["fw"] == app.FW_VERSION
+
+
+def test_a_download_cut_by_a_broker_restart_is_reported_failed_after_the_reconnect(site, www):
+    """The broker restarts during a download and the download is cut: the
+    ``failed`` report cannot go out on the dead session, so the boot record
+    keeps it, and the self-test after the reconnect sends it."""
+    ctl = Paho(site.broker.port, user="controller", password=USERS["controller"], client_id="ctl-mp",
+               clean_session=False)
+    ctl.client.reconnect_delay_set(min_delay=0.05, max_delay=0.2)
+    site.clients.append(ctl.connect_ok())
+    assert ctl.subscribe(contract.base_topic(SITE, DEVICE_ID) + "#", 1) == [1]
+    d = site.device().start()
+    wait_online(ctl, d)
+    www.cut = threading.Event()
+    ctl.publish(topic("cmd"), json.dumps(signed_ota(www, app_bundle(NEW), cmd_id="cut-1")))
+    assert www.midway.wait(20), d.output()[-2000:]
+    site.broker.stop()
+    www.cut.set()  # the rest of the download never comes
+    time.sleep(1)
+    site.broker.start()
+    wait_until(lambda: any(r["state"] == "failed" for r in payloads(ctl, "ota")), 30,
+               f"the failed report after the reconnect; device output:\n{d.output()[-3000:]}")
+    reports = payloads(ctl, "ota")
+    assert [(r["id"], r["state"]) for r in reports] == [("cut-1", "downloading"), ("cut-1", "failed")], reports
+    assert "downloaded" in reports[-1]["detail"] and reports[-1]["version"] == NEW
+    assert d.boots == 1 and "could not report the failure" in d.output()
+    d.kill()
+    boot = json.loads(d.files()["boot.json"])
+    assert boot["active"] == "a" and boot["last"]["result"] == "failed" and boot["last"]["reported"] is True
+

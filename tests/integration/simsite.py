@@ -18,6 +18,7 @@ from waits import until  # noqa: F401  (the tests import it from here)
 SITE = "it"
 SPECS = [("psu", "24:0a:c4:12:34:01"), ("oven", "24:0a:c4:12:34:21"), ("env", "24:0a:c4:12:34:11")]
 DEVICES = [(identity.device_id(k, m), k, m) for k, m in SPECS]
+WILL = {"online": False, "reason": "connection_lost"}  # the firmware's will, which the broker sends
 SERVICE = {"telegraf": "tg-pw", "controller": "ctl-pw", "exporter": "ex-pw", "exporter_sys": "exs-pw"}
 
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from fleetplay import run_playbook, write_inventory
-from simsite import DEVICES, SITE, online, payloads, topic, until, watcher
+from simsite import DEVICES, SITE, WILL, online, payloads, topic, until, watcher
 from mqttc import Client as Paho
 
 PSU, OVEN, ENV = (d for d, _, _ in DEVICES)
@@ -121,7 +121,7 @@ def test_offline_devices_are_reported_and_take_the_config_when_back(site, tmp_pa
     async def scenario():
         await all_online(ctl)
         await psu.power_off()  # a power cut: the broker publishes its will (online: false)
-        await until(lambda: payloads(ctl, "status", PSU)[-1] == {"online": False}, 10, "psu offline")
+        await until(lambda: payloads(ctl, "status", PSU)[-1] == WILL, 10, "psu offline")
         play = await run_playbook("configure.yml", inv)
         psu.start()
         await online(ctl, PSU, count=2)

@@ -215,8 +215,16 @@ def test_device_telemetry_state_and_ota_become_labelled_series(site, exporters):
     for synced, value in ((False, 0.0), (True, 1.0)):
         dev.publish(topic(env, "status"), json.dumps({"online": True, "fw": "2.0", "time_synced": synced}),
                     qos=1, retain=True)
+        wait_until(lambda: set(series(telemetry.samples(), "edgefleet_device_online", sensor=env).values())
+                   == {1.0}, 10, "online again")
         wait_until(lambda: set(series(telemetry.samples(), "edgefleet_device_time_synced", sensor=env).values())
                    == {value}, 10, f"time_synced {synced} exported as {value}")
+    # the retained status a device leaves before an update's reset: offline, with its reason, is 0
+    # (and stays 0 while the new image does not come back)
+    dev.publish(topic(env, "status"), json.dumps({"online": False, "reason": "updating", "fw": "2.0"}),
+                qos=1, retain=True)
+    wait_until(lambda: set(series(telemetry.samples(), "edgefleet_device_online", sensor=env).values()) == {0.0},
+               10, "the offline status with a reason exported as 0")
 
 
 def test_broker_sys_metrics(site, exporters):

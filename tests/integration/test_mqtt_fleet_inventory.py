@@ -16,10 +16,12 @@ import pytest
 
 from mqttc import Client as Paho
 from roleacl import render_acl
-from simsite import DEVICES, SERVICE, SITE, online, payloads, run_for, until, watcher
+from simsite import DEVICES, SERVICE, SITE, WILL, online, payloads, run_for, until, watcher
 
 import contract
 import identity
+import testkeys
+from waits import wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -160,7 +162,8 @@ def test_hosts_vars_and_groups_from_retained_messages(fleet_site, tmp_path):
     assert {k: v[k] for k in v if k.startswith("device_") and k not in ("device_announce", "device_status")} == {
         "device_id": psu, "device_kind": "psu", "device_mac": "24:0a:c4:00:00:01", "device_chip": "ESP32-D0WD-V3",
         "device_fw": "1.4.0", "device_ip": "10.0.0.1", "device_online": True, "device_cfg_version": 2,
-        "device_uptime_s": 42, "device_rssi": -55, "device_metrics": "http://10.0.0.1:80/metrics"}
+        "device_uptime_s": 42, "device_rssi": -55, "device_metrics": "http://10.0.0.1:80/metrics",
+        "device_offline_reason": None}
     assert v["device_announce"] == json.loads(announce(psu, "psu", "24:0a:c4:00:00:01", "1.4.0"))  # not the fan's
     assert v["device_status"]["free_heap"] == 90000
     assert "ansible_host" not in v
@@ -246,7 +249,7 @@ def test_the_real_firmware_announce_and_status(site, tmp_path):
         for device_id, _, _ in DEVICES:
             await online(ctl, device_id)
         await sims[2].power_off()  # the broker publishes its will
-        await until(lambda: {"online": False} in payloads(ctl, "status", DEVICES[2][0]), 10, "the will")
+        await until(lambda: WILL in payloads(ctl, "status", DEVICES[2][0]), 10, "the will")
         result["run"] = await asyncio.to_thread(ansible_inventory, src)
 
     asyncio.run(run_for(sims, 0, during=scenario))
@@ -263,8 +266,48 @@ def test_the_real_firmware_announce_and_status(site, tmp_path):
         assert v["device_metrics"].startswith("http://") and v["device_announce"]["hostname"] == device_id + ".local"
     on = {d for d, _, _ in DEVICES[:2]}
     assert members(data, "online") == on and members(data, "offline") == {DEVICES[2][0]}
+    assert hostvars[DEVICES[2][0]]["device_offline_reason"] == "connection_lost"
+    assert {hostvars[d]["device_offline_reason"] for d in on} == {None}
     assert all(hostvars[d]["device_uptime_s"] >= 0 and isinstance(hostvars[d]["device_cfg_version"], int)
                for d in on)
+
+
+def test_a_device_whose_new_image_never_comes_back_stays_offline_with_the_reason(broker, tmp_path, micropython):
+    """The real device app (MicroPython's unix port) takes a signed update,
+    leaves its retained status offline with reason ``updating`` and resets
+    into an image that never comes back: the fleet inventory keeps it
+    offline, with that reason, and on its old version."""
+    from unixdev import UnixDevice, app_bundle
+    from www import Www
+
+    mac = "24:0a:c4:00:00:31"
+    device_id = identity.device_id("psu", mac)
+    b = broker(users=dict(SERVICE, **{device_id: "pw-dev"}), acl=render_acl(SITE, [device_id]))
+    key = testkeys.TestKey()
+    (tmp_path / "www").mkdir()
+    www = Www(tmp_path / "www")
+    d = UnixDevice(tmp_path / "dev", {"id": device_id, "kind": "psu", "site": SITE, "password": "pw-dev",
+                                      "broker": {"host": "127.0.0.1", "port": b.port},
+                                      "config": {"publish_interval_s": 1}, "signing_key": key.public_hex},
+                   mac, binary=micropython)
+    ctl = watcher(b, "controller", f"site/{SITE}/+/+/#")
+    try:
+        d.start()
+        ctl.wait_for(lambda m: m.topic.endswith("/status") and json.loads(m.payload).get("online"), 15, "online")
+        d.never_back = True
+        artifact = www.publish("app.bin", app_bundle("9.9.9"))
+        ctl.publish(contract.topic(SITE, device_id, "cmd"), json.dumps(key.sign_command(
+            {"id": "u-1", "cmd": "ota", "payload": "app", "version": "9.9.9", **artifact}, 0)))
+        wait_until(lambda: d.exits, 30, "the update's reset")
+        run, data, stderr = ansible_inventory(source(tmp_path, b.port))
+    finally:
+        d.kill()
+        ctl.close()
+        www.close()
+    assert run.returncode == 0, run.stderr
+    v = data["_meta"]["hostvars"][device_id]
+    assert v["device_online"] is False and v["device_offline_reason"] == "updating", v["device_status"]
+    assert v["device_fw"] != "9.9.9" and members(data, "offline") == {device_id}
 
 
 def test_password_file_and_vault_encrypted_password(broker, tmp_path):

@@ -14,7 +14,7 @@ import testkeys
 from firmware.sim import fleet
 from mqttc import Client as Paho
 from roleacl import render_acl
-from simsite import DEVICES, SERVICE, SITE, online, payloads, run_for, topic, until, watcher
+from simsite import DEVICES, SERVICE, SITE, WILL, online, payloads, run_for, topic, until, watcher
 
 
 def test_telemetry_has_the_design_shape(site):
@@ -56,7 +56,7 @@ def test_status_announce_and_will(site):
     async def scenario():
         await online(ctl, device_id)
         sims[0].device.client.abort()  # power cut: the broker publishes the will
-        await until(lambda: {"online": False} in payloads(ctl, "status", device_id), 5, "the will")
+        await until(lambda: WILL in payloads(ctl, "status", device_id), 5, "the will")
 
     asyncio.run(run_for(sims, 0, during=scenario))
     statuses = payloads(ctl, "status", device_id)
@@ -68,6 +68,42 @@ def test_status_announce_and_will(site):
     assert announce[0]["hostname"] == device_id + ".local" and sims[0].board.hostname == device_id
     assert announce[0]["reset_cause"] == "power_on"
     assert statuses[-1]["online"] is False  # a clean stop marks the device offline
+
+
+def test_lowering_buffer_capacity_trims_the_buffer_at_once(site):
+    """A cfg that lowers buffer_capacity trims what is already buffered at
+    once (oldest first, counted as dropped), not only from the next push.
+    The device (the firmware's own code, at real time) publishes no
+    telemetry in the test (once an hour) and its flush loop is not woken,
+    so the ten messages put in its buffer stay there until the cfg."""
+    sims = site(DEVICES[:1], time_scale=1.0, initial={"publish_interval_s": 3600})
+    device_id = DEVICES[0][0]
+    ctl = watcher(site.broker, "controller", topic(device_id, "#"))
+    seen = {}
+
+    async def scenario():
+        await online(ctl, device_id)
+        dev = sims[0].device
+        for i in range(10):  # what an outage leaves behind
+            dev.buffer.push(b'{"n": %d}' % i)
+        seen["before"] = len(dev.buffer)
+        ctl.publish(topic(device_id, "cfg"), json.dumps({"version": 1, "publish_interval_s": 3600,
+                                                         "buffer_capacity": 3}), retain=True)
+        await until(lambda: payloads(ctl, "cfg/ack", device_id), 5, "the cfg/ack")
+        await until(lambda: payloads(ctl, "status", device_id)[-1].get("cfg_version") == 1, 5, "the status")
+        seen["left"] = [dev.buffer.peek()[1]] + [None] * (len(dev.buffer) - 1)
+        seen["len"], seen["dropped"] = len(dev.buffer), dev.buffer.dropped
+
+    asyncio.run(run_for(sims, 0, during=scenario))
+    ctl.close()
+    assert payloads(ctl, "cfg/ack", device_id)[0] == {"version": 1, "result": "applied", "detail": None}
+    assert seen["before"] == 10 and seen["len"] == 3 and seen["dropped"] == 7, seen
+    assert seen["left"][0] == b'{"n": 7}'  # the oldest went
+    statuses = payloads(ctl, "status", device_id)
+    status = [s for s in statuses if s["online"] and s["cfg_version"] == 1][0]
+    assert status["buffered"] == 3 and status["buffer_dropped"] == 7, status
+    # the simulator's clean stop at the end says offline, and why (its DISCONNECT discards the will)
+    assert statuses[-1]["online"] is False and statuses[-1]["reason"] == "shutdown", statuses[-1]
 
 
 def test_config_applies_acks_and_bad_config_is_rejected(site):

@@ -44,6 +44,7 @@ def test_announce_and_status_make_one_host_with_every_var():
         "device_fw": "1.4.0", "device_ip": "10.0.0.7", "device_online": True, "device_cfg_version": 3,
         "device_uptime_s": 120, "device_rssi": -61, "device_metrics": "http://10.0.0.7:80/metrics",
         "device_announce": json.loads(announce(PSU, "psu", PSU_MAC)), "device_status": json.loads(status()),
+        "device_offline_reason": None,
     }}
     assert "ansible_host" not in hosts[PSU]
 
@@ -54,6 +55,21 @@ def test_the_will_makes_an_offline_host_whose_fw_comes_from_the_announce():
     assert skipped == []
     assert hosts[PSU]["device_online"] is False and hosts[PSU]["device_fw"] == "1.3.9"
     assert hosts[PSU]["device_uptime_s"] is None and hosts[PSU]["device_status"] == {"online": False}
+    assert hosts[PSU]["device_offline_reason"] is None  # an old device's will gives no reason
+
+
+@pytest.mark.parametrize("reason", ["connection_lost", "rebooting", "updating", "shutdown"])
+def test_an_offline_status_gives_its_reason_as_a_host_var(reason):
+    """A device that said why it went offline (a deliberate reset, an OTA
+    whose image never came back, or the broker's will) stays offline with
+    that reason; an online one has none."""
+    hosts, skipped = mqtt_fleet.fold(SITE, [msg(PSU, "status", json.dumps({"online": False, "reason": reason,
+                                                                           "fw": "1.3.9"}).encode()),
+                                            msg(OVEN, "status", status(fw="2.0"))])
+    assert skipped == []
+    assert hosts[PSU]["device_online"] is False and hosts[PSU]["device_offline_reason"] == reason
+    assert mqtt_fleet.host_groups(hosts[PSU])[1] == ["fw_1_3_9", "offline"]
+    assert hosts[OVEN]["device_offline_reason"] is None
 
 
 def test_a_device_with_only_one_channel_is_still_a_host():
@@ -101,6 +117,7 @@ FORGED_MAC = "24:0a:c4:12:34:02"  # a real MAC, but of another device id
     ("x-ktcyat68", "announce", announce("x-ktcyat68", "x", PSU_MAC), "device kind must be 2-16 of a-z0-9"),
     ("psu-KTCYAT68", "status", status(), "not a device id"),
     (PSU, "status", status(online="yes"), "status online 'yes' is not true or false"),
+    (PSU, "status", b'{"online": false, "reason": 7}', "status reason 7 is not a string"),
     (PSU, "status", b"{}", "status online None is not true or false"),
     (PSU, "status", status(fw=1.4), "status fw 1.4 is not a string"),
 ])

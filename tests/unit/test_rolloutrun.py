@@ -99,6 +99,14 @@ class FakeFleet(object):
     def take_command(self, d, cmd):
         if self.behaviour.get(d) == "deaf" or not self.dev[d]["online"]:
             return
+        b = self.behaviour.get(d) or ""
+        if b.startswith("refuse:"):  # refuse:<reason>:<how many commands>
+            _, reason, times = b.split(":")
+            refused = sum(1 for _, dd, _ in self.cmds if dd == d)
+            if refused <= int(times):
+                self.at(1, lambda: self.deliver(d, "cmd/ack", contract.cmd_ack(
+                    cmd["id"], "ota", "rejected", "refused for the test", reason or None)), d)
+                return
         cid = cmd["id"]
         self.at(1, lambda: self.report(d, cid, "downloading"), d)
         self.at(4, lambda: self.reboot_onto(d, NEW), d)
@@ -431,3 +439,53 @@ def test_a_resumed_rollout_commands_again_a_device_back_on_the_old_version(tmp_p
         again = [t for t, dev, cmd in fleet.cmds if dev == d][-1]
         assert again >= resumed_at + 60 - 20 - 1  # not before its first command's timeout was over
     assert max(per_device(fleet).values()) <= 2
+
+
+def test_every_ota_command_carries_an_expiry_of_the_device_timeout(tmp_path):
+    """The expiry covers a device that is away (its command waits queued
+    in its persistent session) for as long as the rollout would wait for
+    it anyway, and no longer."""
+    clock = FakeClock()
+    fleet = FakeFleet(clock)
+    r, res, out = run(tmp_path, fleet, clock, device_timeout=60.0)
+    assert res["summary"] == {"succeeded": 8}
+    for t, _, cmd in fleet.cmds:
+        assert cmd["expires"] == int(t + clock.wall_offset + 60.0) + (0 if (t + clock.wall_offset) % 1 == 0 else 1)
+        assert contract.check_command(cmd)[1] == "ota"
+
+
+@pytest.mark.parametrize("reason", ["inbox_full", "clock_unset", "expired"])
+def test_a_refusal_that_passes_is_commanded_again_and_succeeds(tmp_path, reason):
+    """A device that refuses its command once on cmd/ack (inbox_full,
+    clock_unset, expired: nothing was done) is commanded again with a new id
+    after recommand_after, and succeeds."""
+    clock = FakeClock()
+    canary = rollout.plan_waves(DEVICES, "r1", 1, ["50%"])[0][0]
+    fleet = FakeFleet(clock, behaviour={canary: "refuse:%s:1" % reason})
+    r, res, out = run(tmp_path, fleet, clock, recommand_after=10.0)
+    assert res["summary"] == {"succeeded": 8}, res["devices"][canary]
+    attempts = res["devices"][canary]["attempts"]
+    assert [a["id"] for a in attempts] == ["r1-abababab", "r1-abababab.2"]
+    assert attempts[1]["why"] == "refused %s 10 s ago" % reason
+    times = [t for t, d, _ in fleet.cmds if d == canary]
+    assert times[1] - times[0] >= 10.0
+
+
+def test_refusals_past_max_attempts_fail_the_device_with_the_reason(tmp_path):
+    clock = FakeClock()
+    canary = rollout.plan_waves(DEVICES, "r1", 1, ["50%"])[0][0]
+    fleet = FakeFleet(clock, behaviour={canary: "refuse:inbox_full:99"})
+    r, res, out = run(tmp_path, fleet, clock, max_attempts=2, recommand_after=5.0)
+    assert per_device(fleet)[canary] == 2
+    assert res["devices"][canary]["state"] == "failed"
+    assert res["devices"][canary]["detail"] == "refused (inbox_full): refused for the test (2 attempts)"
+
+
+def test_a_refusal_without_a_passing_reason_fails_at_once(tmp_path):
+    clock = FakeClock()
+    canary = rollout.plan_waves(DEVICES, "r1", 1, ["50%"])[0][0]
+    fleet = FakeFleet(clock, behaviour={canary: "refuse::1"})
+    r, res, out = run(tmp_path, fleet, clock)
+    assert per_device(fleet)[canary] == 1
+    assert res["devices"][canary]["state"] == "failed"
+    assert res["devices"][canary]["detail"] == "refused: refused for the test"

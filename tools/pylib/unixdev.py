@@ -70,6 +70,7 @@ class UnixDevice:
         self.lines = []  # (monotonic time, line) of everything the device printed
         self.exits = []  # exit codes, in order
         self.boots = 0
+        self.never_back = False  # True: a reset ends the device for good (an image that never boots)
         self.proc = None
         self._stop = threading.Event()
         self._thread = None
@@ -93,7 +94,7 @@ class UnixDevice:
                 self.lines.append((time.monotonic(), line.rstrip("\n")))
             code = self.proc.wait()
             self.exits.append(code)
-            if code != RESET_EXIT_CODE:
+            if code != RESET_EXIT_CODE or self.never_back:
                 return  # killed, or died: no reboot
             cause = "soft"
 

@@ -10,6 +10,10 @@ class Www:
     def __init__(self, root, tls=None):
         self.root = root
         self.requests = []
+        # set cut to a threading.Event to cut every download halfway:
+        # midway is set once half is sent, and the connection closes once cut is set
+        self.cut = None
+        self.midway = threading.Event()
         outer = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -18,6 +22,19 @@ class Www:
 
             def log_message(self, *a):
                 outer.requests.append(self.path)
+
+            def copyfile(self, source, outputfile):
+                if outer.cut is None:
+                    return super().copyfile(source, outputfile)
+                # a download that stops halfway: half the body, then wait
+                # until the test lets it go, then the connection closes
+                data = source.read()
+                outputfile.write(data[:len(data) // 2])
+                outputfile.flush()
+                outer.midway.set()
+                outer.cut.wait(30)
+                self.close_connection = True
+                return None
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         scheme = "http"
