@@ -9,6 +9,7 @@ import json
 import firmware.sim  # noqa: F401  (puts firmware/app and the contract on sys.path)
 import contract
 import identity
+from firmware import common
 from firmware.sim import fleet
 from mqttc import Client as Paho
 import testkeys
@@ -43,7 +44,7 @@ def make_site(broker, tmp_path, devices=DEVICES):
         gets 150 device seconds (3 s of real time at the default scale)."""
         sims = []
         for device_id, kind, mac in specs:
-            cfg = dict(fleet.kind_config(kind, mac), **(initial or {}))
+            cfg = dict(common.kind_config(kind, mac), **(initial or {}))
             root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                    {"host": "127.0.0.1", "port": b.port, "keepalive": 30}, users[device_id],
                                    initial_config=cfg,
