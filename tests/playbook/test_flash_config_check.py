@@ -3,7 +3,7 @@ device's own rules (plugins/module_utils/devconfig.py, what the board
 applies at boot) would refuse stops the flash before any board is written,
 naming the host, the value and the inventory variable. The real playbook,
 this machine as the flash station and two ROM-protocol peers as boards
-(tests/flash/rompeer.py) that the inventory already knows."""
+(tools/pylib/rompeer.py) that the inventory already knows."""
 
 import pathlib
 

@@ -1,7 +1,7 @@
 """playbooks/flash.yml gives every board the site's OTA signing public key,
 and nothing of the private key reaches the flash station or the board: the
 real playbook, this machine as the flash station, two ROM-protocol peers as
-boards (tests/flash/rompeer.py) that the inventory already knows, so the
+boards (tools/pylib/rompeer.py) that the inventory already knows, so the
 broker role has nothing to do (tools/pylib/plugrun.py stands in the rest).
 The key comes from the ota_signing role: created once on the Ansible
 controller on the first run, and a key that cannot be used stops the play
