@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""The logic of the device_config action plugin (controller side): the
+"""Ansible side: the logic of the device_config action plugin (controller side): the
 desired config of each device from inventory, the decision what to send,
 config versions, the outcome of each device, and the diff. No I/O: the
 action plugin feeds it the broker's retained messages and the acks.

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""One MQTT session to a site broker for the controller-side fleet plugins
+"""Ansible side: one MQTT session to a site broker for the controller-side fleet plugins
 (the device_config and ota_rollout action plugins, the mqtt_fleet inventory
 plugin): connect as the controller's service user, take a snapshot of the
 retained messages of some channels, follow them live, publish many messages

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""Handing the fleet over to a new OTA signing key: the controller-side
+"""Ansible side: handing the fleet over to a new OTA signing key: the controller-side
 logic behind the signing_key_handover action plugin. Pure: no Ansible, no
 MQTT, no clock (times are passed in).
 

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""The OTA rollout executor: one run of a rollout over a broker session.
+"""Ansible side: the OTA rollout executor: one run of a rollout over a broker session.
 rollout.py holds the pure parts (plan, abort rule, device tracker, state
 file); this module drives them with the messages of a session and the
 clocks, and knows nothing of Ansible (the action plugin
