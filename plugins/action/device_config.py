@@ -122,9 +122,9 @@ class ActionModule(ActionBase):
                 if o is None:
                     continue
                 if m.channel == "cfg/ack":
-                    waiting -= o.on_ack(fleetcfg.decode(m.payload))
+                    waiting -= o.on_ack(fleetmqtt.decode(m.payload))
                 elif m.channel == "status":
-                    waiting -= o.on_status(fleetcfg.decode(m.payload))
+                    waiting -= o.on_status(fleetmqtt.decode(m.payload))
             if time.monotonic() >= next_progress:
                 next_progress += PROGRESS_EVERY_S
                 display.display(progress_line(outcomes, started))

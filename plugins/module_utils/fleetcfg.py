@@ -37,9 +37,10 @@ the same version (the later publish wins on the device and on the broker).
 """
 
 try:
-    from ansible_collections.edgefleet.site.plugins.module_utils import devconfig, identity
+    from ansible_collections.edgefleet.site.plugins.module_utils import devconfig, fleetmqtt, identity
 except ImportError:  # tests import it from plugins/module_utils directly
     import devconfig
+    import fleetmqtt
     import identity
 
 import json
@@ -143,17 +144,6 @@ def collect_desired(devices, lookup, var_names=DEFAULT_VARS):
     return desired, errors
 
 
-def decode(payload):
-    """A retained message as a dict, or None (missing, empty, malformed)."""
-    if not payload:
-        return None
-    try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _version(value):
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
@@ -175,8 +165,8 @@ class Plan(object):
 
     def __init__(self, device, desired, retained, status, now):
         self.device, self.desired = device, desired
-        cfg = decode(retained)
-        st = decode(status)
+        cfg = fleetmqtt.decode(retained)
+        st = fleetmqtt.decode(status)
         retained_version = _version(cfg.get("version")) if cfg else None
         self.online = bool(st and st.get("online") is True)
         self.reported_version = _version(st.get("cfg_version")) if st else None

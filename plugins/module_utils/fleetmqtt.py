@@ -25,6 +25,7 @@ session is on TCP to an online client, and anything a device repeats is
 retained or answered again."""
 
 import collections
+import json
 import os
 import ssl
 import threading
@@ -84,6 +85,32 @@ BROKER_ARGS = dict(
 
 
 Message = collections.namedtuple("Message", "device_id channel payload retain")
+
+
+def json_object(payload):
+    """The JSON object (a dict) an MQTT payload holds; ValueError saying what
+    it holds instead: no JSON (empty, malformed, not UTF-8, nested too deep)
+    or JSON that is not an object."""
+    try:
+        value = json.loads(payload)
+    except (ValueError, TypeError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise ValueError("payload is not JSON (%s)" % e)
+    if not isinstance(value, dict):
+        raise ValueError("payload is not a JSON object but %s" % type(value).__name__)
+    return value
+
+
+def decode(payload):
+    """The JSON object a payload holds, or None (a message that is missing,
+    empty, malformed or not an object): what the fleet plugins make of the
+    devices' status, acks and reports, which they never trust to be well
+    formed."""
+    try:
+        return json_object(payload)
+    except ValueError:
+        return None
+
+
 
 
 # The inventory variables broker_settings reads (the action plugins template

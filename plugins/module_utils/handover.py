@@ -57,14 +57,6 @@ def command_id(new_public_hex):
     return contract.check_command_id("signing-key-" + new_public_hex[2:18])
 
 
-def decode(payload):
-    try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def answer(ack, cmd_id):
     """(result, detail) of a device's cmd/ack to this hand-over, or None
     when it answers something else."""

@@ -101,14 +101,6 @@ class Output(object):
         pass
 
 
-def decode(payload):
-    try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def attempt_id(command_id, attempt):
     """The command id of a device's *attempt* (1: the rollout's command id)."""
     return command_id if attempt <= 1 else "%s.%d" % (command_id, attempt)
@@ -201,7 +193,7 @@ class RolloutRun(object):
             if m.channel == "ota":
                 t = by_device.get(m.device_id)
                 if t is not None:
-                    self.dirty |= t.on_ota(decode(m.payload), now)
+                    self.dirty |= t.on_ota(fleetmqtt.decode(m.payload), now)
             elif m.channel in ("status", "state"):
                 self.held.append((now, m))
         self.release(by_device, now)
@@ -209,7 +201,7 @@ class RolloutRun(object):
     def release(self, by_device, now, everything=False):
         while self.held and (everything or now - self.held[0][0] >= HOLD_S):
             arrived, m = self.held.pop(0)
-            payload = decode(m.payload)
+            payload = fleetmqtt.decode(m.payload)
             t = by_device.get(m.device_id)
             if m.channel == "status":
                 self.status[m.device_id] = payload
@@ -259,7 +251,7 @@ class RolloutRun(object):
         self.session.subscribe(["status", "ota", "state"], timeout=opts["connect_timeout"])
         for m in self.session.events():
             if m.channel == "status":
-                self.status[m.device_id] = decode(m.payload)
+                self.status[m.device_id] = fleetmqtt.decode(m.payload)
         on_version = [d for d in self.devices if (self.status.get(d) or {}).get("fw") == version]
         already = set(on_version)
         to_update = [d for d in self.devices if d not in already]

@@ -167,3 +167,16 @@ def test_site_vars_templates_only_the_broker_settings_and_names_a_variable_that_
                                                         "edgefleet_broker_port": 1883}
     with pytest.raises(fleetmqtt.FleetMqttError, match="inventory variable edgefleet_broker_host: 'nope' is undefined"):
         fleetmqtt.site_vars(dict(task_vars, edgefleet_broker_host="{{ nope }}"), template)
+
+
+@pytest.mark.parametrize("payload,message", [(b"", "not JSON"), (b"{nope", "not JSON"), (b"\xff", "not JSON"),
+                                             (None, "not JSON"), (b"[1]", "not a JSON object but list"),
+                                             (b"[" * 100000, "not JSON")])
+def test_a_payload_that_holds_no_json_object_is_named(payload, message):
+    with pytest.raises(ValueError, match=message):
+        fleetmqtt.json_object(payload)
+    assert fleetmqtt.decode(payload) is None
+
+
+def test_a_json_object_payload_is_decoded():
+    assert fleetmqtt.json_object(b'{"online": true}') == fleetmqtt.decode(b'{"online": true}') == {"online": True}
