@@ -111,8 +111,6 @@ def decode(payload):
         return None
 
 
-
-
 # The inventory variables broker_settings reads (the action plugins template
 # them first: inventories write them as templates, such as
 # edgefleet_secrets_dir: "{{ inventory_dir | dirname | dirname }}/secrets/<site>").
@@ -356,7 +354,9 @@ class FleetSession:
         self.sync(timeout)
 
     def unsubscribe(self, channels):
-        """Stop *channels* (no wait: what still arrives is the caller's to ignore)."""
+        """Stop *channels* (no wait: what still arrives is the caller's to ignore);
+        :meth:`reconnect` no longer subscribes to them."""
+        self._channels = [c for c in self._channels if c not in channels]
         with self._cond:
             self.client.unsubscribe(["site/%s/+/+/%s" % (self.site, ch) for ch in channels])
 
@@ -417,8 +417,17 @@ class FleetSession:
         return self._connected
 
     def publish(self, device_id, channel, payload, retain=False, qos=1):
-        """Queue one message to a device topic; :meth:`flush` waits for its PUBACK."""
+        """Queue one message to a device topic; :meth:`flush` waits for its PUBACK.
+        SessionLost while the session is down: paho keeps a QoS 1 message and
+        sends it once the session is back, but a caller that republishes after
+        :meth:`reconnect` does not depend on that."""
         info = self.client.publish(contract.topic(self.site, device_id, channel), payload, qos=qos, retain=retain)
+        if info.rc == paho.MQTT_ERR_NO_CONN:
+            if qos:
+                with self._cond:
+                    self._pending.append(info)
+            raise SessionLost("the session to the broker %s:%d is down: publish to %s waits for it"
+                              % (self.host, self.port, device_id))
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise FleetMqttError("publish to %s failed: %s" % (device_id, paho.error_string(info.rc)))
         if qos:
