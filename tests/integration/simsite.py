@@ -96,3 +96,14 @@ async def run_for(sims, seconds, during=None):
     finally:
         await asyncio.gather(*(s.stop() for s in sims))
     assert all(t.done() for t in tasks)
+
+
+async def with_fleet(sims, scenario):
+    """Run *scenario()* while the simulated devices *sims* run; stop them
+    after, whatever happened."""
+    tasks = [s.start() for s in sims]
+    try:
+        return await scenario()
+    finally:
+        await asyncio.gather(*(s.stop() for s in sims))
+        assert all(t.done() for t in tasks)

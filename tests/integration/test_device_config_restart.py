@@ -20,7 +20,7 @@ import pytest
 
 from firmware.sim import fleet
 from fleetplay import start_playbook, write_inventory, Play
-from simsite import SERVICE, SITE, make_site, payloads, until, watcher
+from simsite import SERVICE, SITE, make_site, payloads, until, watcher, with_fleet
 
 SPECS = fleet.generated_specs(40, mac_prefix=(0x24, 0x0A, 0xC6))
 IDS = [d for d, _, _ in SPECS]
@@ -141,7 +141,7 @@ def test_a_broker_restart_during_a_push_ends_with_every_device_confirmed(broker,
                 break
         return pushes
 
-    pushes = asyncio.run(_with(sims, scenario))
+    pushes = asyncio.run(with_fleet(sims, scenario))
     by_id = {s.device.id: s.device for s in sims}
     for _setting, play, _moment, wall in pushes:
         assert play.returncode == 0, play
@@ -157,12 +157,3 @@ def test_a_broker_restart_during_a_push_ends_with_every_device_confirmed(broker,
     for d in IDS:
         assert by_id[d].config["version"] == last["devices"][d]["version"], d
         assert by_id[d].config["publish_interval_s"] == pushes[-1][0], d
-
-
-async def _with(sims, scenario):
-    tasks = [s.start() for s in sims]
-    try:
-        return await scenario()
-    finally:
-        await asyncio.gather(*(s.stop() for s in sims))
-        assert all(t.done() for t in tasks)
