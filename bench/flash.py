@@ -1,7 +1,7 @@
 """Flashing 8 boards: in parallel versus one after another, and the time to
 find that an up-to-date board needs nothing.
 
-Each board is a ROM-protocol peer (tests/flash/rompeer.py) that reads at the
+Each board is a ROM-protocol peer (tools/pylib/rompeer.py) that reads at the
 pace of a UART (10 bits per byte; the ROM's 115200 baud until esptool
 switches to --flash-baud), so the numbers are those of boards on serial
 lines, not of a loopback socket; each board's image is
@@ -21,7 +21,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins" / "module_utils"), str(ROOT / "tests" / "flash"), str(ROOT / "tools" / "pylib")]
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins" / "module_utils"), str(ROOT / "tools" / "pylib")]
 
 import esp32flash  # noqa: E402
 import firmware.image as build  # noqa: E402

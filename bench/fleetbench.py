@@ -47,6 +47,7 @@ for _p in (str(ROOT), str(ROOT / "tools" / "pylib"), str(ROOT / "plugins" / "fil
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from firmware import common  # noqa: E402
 from firmware.sim import fleet  # noqa: E402  (also puts firmware/app and plugins/module_utils on sys.path)
 
 import procstat  # noqa: E402
@@ -304,7 +305,7 @@ def serve(args):
     settings = json.loads(args.settings)
     sims = []
     for device_id, kind, mac in specs:
-        cfg = dict(fleet.kind_config(kind), **LIGHT_CONFIG)
+        cfg = dict(common.kind_config(kind), **LIGHT_CONFIG)
         cfg["ntp_server"] = args.ntp
         root = fleet.provision(args.workdir, device_id, kind, mac, SITE,
                                {"host": "127.0.0.1", "port": args.port, "keepalive": 60}, DEVICE_PW,

@@ -39,7 +39,7 @@ import tempfile
 import timeit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tools" / "pylib"), str(ROOT / "firmware" / "app"), str(ROOT / "plugins" / "module_utils")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "pylib"), str(ROOT / "firmware" / "app"), str(ROOT / "plugins" / "module_utils")]
 
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, utils  # noqa: E402

@@ -25,6 +25,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "pylib"), str(ROOT / "plugins" / "filter")]
 
+from firmware import common  # noqa: E402
 from firmware.sim import fleet  # noqa: E402  (also puts firmware/app on sys.path)
 
 import procstat  # noqa: E402
@@ -68,7 +69,7 @@ async def measure(count, duration, workdir):
         for device_id, kind, mac in specs:
             root = fleet.provision(str(workdir / ("sim%d" % count)), device_id, kind, mac, "bench",
                                    {"host": "127.0.0.1", "port": broker.port}, "pw",
-                                   initial_config=fleet.kind_config(kind, mac), signing_key=KEY.public)
+                                   initial_config=common.kind_config(kind, mac), signing_key=KEY.public)
             devices.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind))
         stop = asyncio.Event()
         lag = []

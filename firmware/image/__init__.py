@@ -17,12 +17,14 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-APP_DIR = ROOT / "firmware" / "app"
+from firmware import common
+
+ROOT = pathlib.Path(common.ROOT)
+APP_DIR = pathlib.Path(common.APP_DIR)
 # the device contract: these very files run on the device, in the simulator
 # and in the controller-side plugins (docs/architecture.md, section 2)
-CONTRACT_DIR = ROOT / "plugins" / "module_utils"
-CONTRACT_MODULES = ("contract", "devconfig", "identity")
+CONTRACT_DIR = pathlib.Path(common.CONTRACT_DIR)
+CONTRACT_MODULES = common.CONTRACT_MODULES
 # files at the filesystem root, never replaced by an app bundle update
 ROOT_MODULES = ("bootsel", "board_esp32", "boardkit", "supervisor")
 # main.py stays source: MicroPython runs /main.py at boot
@@ -48,10 +50,17 @@ class BuildError(Exception):
 
 def _contract():
     """plugins/module_utils/contract.py, as the device imports it."""
-    if str(CONTRACT_DIR) not in sys.path:
-        sys.path.insert(0, str(CONTRACT_DIR))
+    common.device_path()
     import contract
     return contract
+
+
+def app_version():
+    """The app's own version (FW_VERSION of firmware/app/device.py)."""
+    common.device_path()
+    import device  # firmware/app/device.py
+
+    return device.FW_VERSION
 
 
 def check_device_document(device):
@@ -142,7 +151,7 @@ def compile_module(src):
 
 def app_files(version):
     """{path on the device: bytes} for the app: root files and slot a."""
-    import firmware.sim  # noqa: F401  (firmware/app and the contract on sys.path, as on a device)
+    common.device_path()
     import ota  # firmware/app/ota.py: the same bundle code the device unpacks with
 
     files, slot = {}, {}

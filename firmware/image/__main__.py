@@ -17,9 +17,9 @@ import json
 import os
 import sys
 
-from firmware.sim import APP_DIR  # noqa: F401  (firmware/app on sys.path for ota.pack_bundle)
+from firmware import common
 
-from . import BuildError, build_image
+from . import BuildError, app_version, build_image
 
 
 def main(argv=None):
@@ -52,9 +52,7 @@ def main(argv=None):
     if not args.device or not args.micropython:
         p.error("--device and --micropython are required (or --freeze-manifest)")
 
-    from firmware.sim import fleet
-
-    specs, site_vars = fleet.inventory_devices(args.inventory)
+    specs, site_vars = common.inventory_devices(args.inventory)
     match = [s for s in specs if s[0] == args.device]
     if not match:
         p.error("device %s is not in inventory %s" % (args.device, args.inventory))
@@ -90,13 +88,11 @@ def main(argv=None):
     if ca:
         broker["ca"] = "ca.crt"
     device = {"id": device_id, "kind": kind, "site": site, "broker": broker, "password": password,
-              "signing_key": signing_key, "config": fleet.kind_config(kind, mac)}
+              "signing_key": signing_key, "config": common.kind_config(kind, mac)}
     wifi = {"ssid": args.wifi_ssid, "password": args.wifi_password} if args.wifi_ssid else None
     try:
         if args.version is None:
-            import device as app  # firmware/app/device.py (on sys.path through firmware.sim)
-
-            args.version = app.FW_VERSION
+            args.version = app_version()
         image, report = build_image(base, device, ca, wifi, args.version, frozen_app=args.frozen_app)
     except BuildError as e:
         p.error(str(e))

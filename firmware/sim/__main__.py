@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 
+from firmware import common
+
 from . import fleet
 
 
@@ -60,7 +62,7 @@ def main(argv=None):
         if args.devices:
             specs, site_vars = fleet.devices_file(args.devices)
         else:
-            specs, site_vars = fleet.inventory_devices(args.inventory, generated_only=args.generated)
+            specs, site_vars = common.inventory_devices(args.inventory, generated_only=args.generated)
             specs = [(device_id, kind, mac, None) for device_id, kind, mac in specs]
     except Exception as e:
         p.error("cannot read %s: %s" % (args.devices or "inventory " + args.inventory, e))
@@ -93,7 +95,7 @@ def main(argv=None):
             password = f.read().strip()
         try:
             root = fleet.provision(args.state_dir, device_id, kind, mac, site, broker, password, ca,
-                                   fleet.kind_config(kind, mac), signing_key=signing_key)
+                                   common.kind_config(kind, mac), signing_key=signing_key)
         except ValueError as e:  # contract.ContractError too: a malformed current.pub
             p.error("%s: %s" % (signing_pub, e))
         d = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=args.time_scale)

@@ -15,15 +15,11 @@ import ds18b20
 import pzem
 from boardkit import Fs
 
+from firmware.common import sensor_rom
+
 from .signals import Signals
 
 log = logging.getLogger("edgefleet.sim")
-
-
-def sensor_rom(mac, zone):
-    """The ROM code of the simulated DS18B20 in *zone* of the board with *mac*."""
-    rom = bytes((0x28, 0xFF, zone, 0x1D, mac[4], mac[5], 0x04))
-    return rom + bytes((ds18b20.crc8(rom),))
 
 
 class Reboot(BaseException):

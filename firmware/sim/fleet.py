@@ -7,15 +7,13 @@ import logging
 import os
 import random
 import shutil
-import subprocess
-import sys
 import time
 
 import identity
 import supervisor
 from device import Device
 
-from .board import HostBoard, Reboot, sensor_rom
+from .board import HostBoard, Reboot
 
 log = logging.getLogger("edgefleet.sim")
 
@@ -167,21 +165,6 @@ def write_to_flash(root, flash, firmware=None):
     return files
 
 
-def kind_config(kind, mac=None):
-    """The flash-time config of each simulated kind (which sensors it has).
-    With the board's *mac*, each DS18B20 is pinned to its zone by ROM code,
-    as a commissioned device is."""
-    from .signals import DEFAULT_PROFILE, PROFILES
-    phases, zones, _rated, setpoint = PROFILES.get(kind, DEFAULT_PROFILE)
-    cfg = {"pzem_addresses": list(range(1, phases + 1)), "temperature_zones": zones}
-    if mac is not None and zones:
-        raw = identity.parse_mac(mac)
-        cfg["temperature_sensors"] = {sensor_rom(raw, z).hex(): z for z in range(zones)}
-    if setpoint is not None:
-        cfg["setpoint_c"] = setpoint
-    return cfg
-
-
 class SimDevice:
     def __init__(self, root, mac, kind, time_scale=1.0, flash=None):
         """*flash*: the bytearray the board booted from (boot_from_flash); what
@@ -320,39 +303,6 @@ def assign_faults(devices, seed, **fractions):
             setattr(devices[i].board.faults, name, True)
         chosen[name] = sorted(picked)
     return chosen
-
-
-def inventory_devices(inventory, generated_only=False):
-    """[(device_id, kind, mac)] and the site vars from an Ansible inventory;
-    *generated_only*: only the hosts the sim_fleet inventory plugin made
-    (``device_simulated``), not the inventory's named devices."""
-    exe = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
-    out = subprocess.run([exe if os.path.exists(exe) else "ansible-inventory", "-i", inventory, "--list"],
-                         capture_output=True, text=True, check=True)
-    data = json.loads(out.stdout)
-    hostvars = data["_meta"]["hostvars"]
-
-    def hosts(group):
-        found = list(data.get(group, {}).get("hosts", []))
-        for child in data.get(group, {}).get("children", []):
-            found += hosts(child)
-        return found
-
-    devices = []
-    for name in sorted(set(hosts("fleet"))):
-        if generated_only and hostvars[name].get("device_simulated") is not True:
-            continue
-        kind, _ = identity.split_device_id(name)
-        mac = hostvars[name]["device_mac"]
-        if isinstance(mac, dict):  # ansible-inventory marks values set by inventory plugins as unsafe
-            mac = mac["__ansible_unsafe"]
-        if identity.device_id(kind, mac) != name:
-            raise ValueError("inventory host %s does not match its MAC %s (expected %s)"
-                             % (name, mac, identity.device_id(kind, mac)))
-        devices.append((name, kind, mac))
-    controller = hosts("controller")
-    site_vars = hostvars[controller[0]] if controller else {}
-    return devices, site_vars
 
 
 def devices_file(path):

@@ -11,6 +11,8 @@ stopped.
 import math
 import random
 
+from firmware.common import DEFAULT_KIND, KINDS
+
 # state: (mean dwell seconds, {next state: weight})
 STATES = {
     "run": (600.0, {"stop": 0.9, "fault": 0.1}),
@@ -18,22 +20,11 @@ STATES = {
     "fault": (60.0, {"stop": 1.0}),
 }
 
-PROFILES = {
-    # kind: meters (phases), temperature zones, rated current per phase (A), setpoint C
-    "psu": (3, 0, 12.0, None),
-    "oven": (3, 3, 18.0, 180.0),
-    "mixer": (3, 0, 9.0, None),
-    "fan": (1, 0, 3.5, None),
-    "env": (0, 1, 0.0, None),
-}
-DEFAULT_PROFILE = (1, 0, 5.0, None)
-
-
 class Signals:
     def __init__(self, kind, seed, start_time=0.0):
         self.rng = random.Random(seed)
         self.kind = kind
-        self.phases, self.zones, self.rated, self.setpoint = PROFILES.get(kind, DEFAULT_PROFILE)
+        self.phases, self.zones, self.rated, self.setpoint = KINDS.get(kind, DEFAULT_KIND)
         self.state = "run" if self.rng.random() < 0.7 else "stop"
         self.t = start_time
         self.next_change = start_time + self._dwell(self.state)

@@ -24,7 +24,6 @@ ARGSPEC = dict(
     fail_offline=dict(type="bool", default=False),
     **fleetmqtt.BROKER_ARGS
 )
-PROGRESS_EVERY_S = 2.0
 
 
 def progress_line(outcomes, started):
@@ -102,40 +101,19 @@ class ActionModule(ActionBase):
             return self._check_mode(plans, result, started)
 
         outcomes = [fleetcfg.Outcome(p) for p in plans]
-        by_device = dict((o.plan.device, o) for o in outcomes)
-        for o in outcomes:
-            if o.sent:
-                session.publish(o.plan.device, "cfg", o.plan.message(), retain=True)
-        sent = sum(1 for o in outcomes if o.sent)
-        session.flush(timeout=max(10.0, args["timeout"]))
-        display.display("device_config: published %d config(s) of %d devices, waiting for their acks"
-                        % (sent, len(devices)))
-        deadline = time.monotonic() + args["timeout"]
-        next_progress = time.monotonic() + PROGRESS_EVERY_S
-        waiting = sum(1 for o in outcomes if o.pending)
-        while waiting:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for m in session.events(timeout=min(left, 0.2)):
-                o = by_device.get(m.device_id)
-                if o is None:
-                    continue
-                if m.channel == "cfg/ack":
-                    waiting -= o.on_ack(fleetcfg.decode(m.payload))
-                elif m.channel == "status":
-                    waiting -= o.on_status(fleetcfg.decode(m.payload))
-            if time.monotonic() >= next_progress:
-                next_progress += PROGRESS_EVERY_S
-                display.display(progress_line(outcomes, started))
-        for o in outcomes:
-            o.timed_out(args["timeout"])
+        push = fleetcfg.Push(session, outcomes, args["timeout"], connect_timeout=args["connect_timeout"],
+                             progress=lambda outcomes: display.display(progress_line(outcomes, started)),
+                             say=lambda text: display.display(text, color="yellow"))
+        display.display("device_config: publishing %d config(s) of %d devices, then waiting for their acks"
+                        % (sum(1 for o in outcomes if o.sent), len(devices)))
+        push.run()
         display.display(progress_line(outcomes, started))
 
         summary = fleetcfg.summarize(outcomes)
         result["devices"] = dict((o.plan.device, o.as_dict()) for o in outcomes)
         result["summary"] = summary
         result["changed"] = any(o.changed for o in outcomes)
+        result["outages"] = push.outages
         failed = [o for o in outcomes if o.result in fleetcfg.FAILURES]
         offline = [o for o in outcomes if o.result == "offline"]
         problems = list(failed)

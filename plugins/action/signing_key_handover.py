@@ -92,7 +92,7 @@ class ActionModule(ActionBase):
         statuses = {}
         for m in session.events():
             if m.channel == "status":
-                statuses[m.device_id] = handover.decode(m.payload)
+                statuses[m.device_id] = fleetmqtt.decode(m.payload)
         plan = handover.plan(devices, state, statuses)
         to_send = [d for d in plan if d.state == handover.SENT]
         result.update(new_key=new_hex, current_key=current_hex, command_id=state.command_id,
@@ -120,7 +120,7 @@ class ActionModule(ActionBase):
                 d = by_id.get(m.device_id)
                 if d is None or m.channel != "cmd/ack":
                     continue
-                if d.on_ack(handover.decode(m.payload), state.command_id):
+                if d.on_ack(fleetmqtt.decode(m.payload), state.command_id):
                     waiting -= 1
                     if d.state == handover.ACCEPTED:
                         state.accept(d.id, time.time())

@@ -120,7 +120,6 @@ keyed_groups:
     prefix: chip
 """
 
-import json
 import os
 import re
 import time
@@ -173,12 +172,9 @@ def check_device_id(device_id):
 def decode(payload):
     """The JSON object of a payload; Skip when it is not JSON or not an object."""
     try:
-        data = json.loads(payload)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise Skip("payload is not JSON (%s)" % e)
-    if not isinstance(data, dict):
-        raise Skip("payload is not a JSON object but %s" % type(data).__name__)
-    return data
+        return fleetmqtt.json_object(payload)
+    except ValueError as e:
+        raise Skip(str(e))
 
 
 def check_announce(device_id, kind, data):

@@ -1,8 +1,8 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""The device contract of docs/architecture.md, section 3: topics, channels, commands and
-OTA messages, in one place for the firmware, the simulator, the mosquitto
+"""Device contract: topics, channels, commands and OTA messages (docs/architecture.md,
+section 3), in one place for the firmware, the simulator, the mosquitto
 role's ACL and the controller-side plugins.
 
 This file runs unchanged on MicroPython (the firmware image packs it as it

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""Device configuration: defaults, validation with a reason, ack payloads
+"""Device contract: device configuration: defaults, validation with a reason, ack payloads
 (docs/architecture.md, sections 3 and 10). Part of the device contract: the firmware image packs
 this file as it is, the simulator imports it, and controller-side plugins
 import it as ``ansible_collections.edgefleet.site.plugins.module_utils.devconfig``.

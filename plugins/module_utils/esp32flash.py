@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""Flashing ESP32 boards with esptool's Python API: the logic behind the
+"""Ansible side: flashing ESP32 boards with esptool's Python API: the logic behind the
 esp32_flash module (docs/architecture.md, section 5), kept here so that it is unit
 tested without Ansible.
 

@@ -1,10 +1,11 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""The logic of the device_config action plugin (controller side): the
+"""Ansible side: the logic of the device_config action plugin (controller side): the
 desired config of each device from inventory, the decision what to send,
-config versions, the outcome of each device, and the diff. No I/O: the
-action plugin feeds it the broker's retained messages and the acks.
+config versions, the outcome of each device, and the diff; and ``Push``,
+which publishes the configs and follows the acks over a session it is given
+(fleetmqtt.FleetSession; a fake in the unit tests). No I/O of its own.
 
 Desired state (docs/architecture.md, section 10). A device's desired config is the merge
 of dict variables, in order (default ``device_config_fleet``,
@@ -25,6 +26,19 @@ applied (``cfg_version``). So:
 - different settings (or none retained): a new version,
   ``max(retained + 1, reported + 1, seconds since 2024-01-01 UTC)``.
 
+A broker restart during a push is not a device's failure. The broker
+publishes every connected client's will (``online: false``) and closes
+every session, the controller's too. So an offline status settles a device
+only after it has been held ``HOLD_S`` seconds with the controller's session
+up all along; once the session has been lost, offline statuses settle
+nobody, and a device still unconfirmed at the deadline whose last status
+said offline is ``offline``. The push reconnects (for at most its timeout),
+publishes every unconfirmed device's config again (the same version: the
+device applies it once and acknowledges it again), and counts a live
+status with ``cfg_version`` of that version as the acknowledgement (a device
+that acknowledged while the controller's session was down). The deadline
+moves by the outage's length.
+
 No state file is involved, so there is none to lose. Two controllers read the
 same retained messages: with the same inventory the second finds nothing to
 send; with different inventories the later one wins with a higher version,
@@ -37,12 +51,14 @@ the same version (the later publish wins on the device and on the broker).
 """
 
 try:
-    from ansible_collections.edgefleet.site.plugins.module_utils import devconfig, identity
+    from ansible_collections.edgefleet.site.plugins.module_utils import devconfig, fleetmqtt, identity
 except ImportError:  # tests import it from plugins/module_utils directly
     import devconfig
+    import fleetmqtt
     import identity
 
 import json
+import time
 
 DEFAULT_VARS = ("device_config_fleet", "device_config_kind", "device_config")
 VERSION_EPOCH = 1704067200  # 2024-01-01T00:00:00Z
@@ -143,17 +159,6 @@ def collect_desired(devices, lookup, var_names=DEFAULT_VARS):
     return desired, errors
 
 
-def decode(payload):
-    """A retained message as a dict, or None (missing, empty, malformed)."""
-    if not payload:
-        return None
-    try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _version(value):
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
@@ -175,8 +180,8 @@ class Plan(object):
 
     def __init__(self, device, desired, retained, status, now):
         self.device, self.desired = device, desired
-        cfg = decode(retained)
-        st = decode(status)
+        cfg = fleetmqtt.decode(retained)
+        st = fleetmqtt.decode(status)
         retained_version = _version(cfg.get("version")) if cfg else None
         self.online = bool(st and st.get("online") is True)
         self.reported_version = _version(st.get("cfg_version")) if st else None
@@ -231,6 +236,7 @@ class Outcome(object):
         else:
             self.result = None if plan.online else "offline"
         self.detail = None if self.result != "offline" else "offline: the retained config waits for it"
+        self.away = False  # its last status said offline, in a broker outage
 
     @property
     def pending(self):
@@ -250,15 +256,27 @@ class Outcome(object):
         return True
 
     def on_status(self, status):
-        """A decoded status: a device that went offline while we waited."""
-        if self.pending and isinstance(status, dict) and status.get("online") is False:
+        """A decoded status; True when it settled this device: offline (a
+        device that went offline while we waited), or online with the
+        version sent as its applied one (its ack went where nobody heard it)."""
+        if not self.pending or not isinstance(status, dict):
+            return False
+        if status.get("online") is False:
             self.result = "offline"
             self.detail = "went offline before it answered"
             return True
+        if status.get("online") is True:
+            self.away = False
+            if _version(status.get("cfg_version")) == self.plan.version:
+                self.result = "applied"
+                return True
         return False
 
     def timed_out(self, timeout):
-        if self.pending:
+        if self.pending and self.away:
+            self.result = "offline"
+            self.detail = "offline since a broker outage: the retained config waits for it"
+        elif self.pending:
             self.result = "timed_out"
             self.detail = "no cfg/ack for version %s within %ss" % (self.plan.version, timeout)
 
@@ -299,3 +317,123 @@ def summarize(outcomes):
     for o in outcomes:
         counts[o.result] = counts.get(o.result, 0) + 1
     return counts
+
+
+HOLD_S = 2.0  # an offline status settles a device once held this long with the session up
+POLL_S = 0.2
+PROGRESS_EVERY_S = 2.0
+
+
+class Push(object):
+    """One push over *session* (fleetmqtt.FleetSession, or anything with its
+    publish, flush, events and reconnect): publish the config of every
+    outcome that is to be sent, retained, then follow acks and statuses until
+    each outcome is settled or *timeout* seconds (plus any outage) have
+    passed. *progress(outcomes)* is called every PROGRESS_EVERY_S and
+    *say(text)* on a lost and a regained session; *clock* is monotonic.
+
+    After ``run()``, ``outages`` lists each lost session: ``lost_after_s``
+    (since the push began) and ``back_after_s``. FleetMqttError when the
+    broker is not back within *timeout*."""
+
+    def __init__(self, session, outcomes, timeout, connect_timeout=10.0, progress=None, say=None, clock=None):
+        self.session, self.outcomes, self.timeout = session, list(outcomes), timeout
+        self.connect_timeout = connect_timeout
+        self.progress = progress or (lambda outcomes: None)
+        self.say = say or (lambda text: None)
+        self.clock = clock or time.monotonic
+        self.by_device = dict((o.plan.device, o) for o in self.outcomes)
+        self.held = []  # (arrived, outcome, status): offline statuses waiting HOLD_S
+        self.lost = False  # the session has been lost during this push
+        self.outages = []
+        self.started = self.clock()
+
+    def run(self):
+        self.publish([o for o in self.outcomes if o.sent])
+        flush_timeout = max(10.0, self.timeout)
+        while True:
+            try:
+                self.session.flush(timeout=flush_timeout)
+                break
+            except fleetmqtt.SessionLost as e:
+                self.outage(str(e))
+        deadline = self.clock() + self.timeout
+        next_progress = self.clock() + PROGRESS_EVERY_S
+        while any(o.pending for o in self.outcomes):
+            left = deadline - self.clock()
+            if left <= 0:
+                break
+            try:
+                messages = self.session.events(timeout=min(left, POLL_S))
+            except fleetmqtt.SessionLost as e:
+                deadline += self.outage(str(e))
+                continue
+            self.read(messages)
+            if self.clock() >= next_progress:
+                next_progress += PROGRESS_EVERY_S
+                self.progress(self.outcomes)
+        for o in self.outcomes:
+            o.timed_out(self.timeout)
+        return self.outcomes
+
+    def publish(self, outcomes):
+        """Publish each one's config; a session lost meanwhile: reconnect and
+        publish all of them again (the same messages: idempotent)."""
+        while True:
+            try:
+                for o in outcomes:
+                    self.session.publish(o.plan.device, "cfg", o.plan.message(), retain=True)
+                return
+            except fleetmqtt.SessionLost as e:
+                self.outage(str(e), republish=False)
+
+    def read(self, messages):
+        now = self.clock()
+        for m in messages:
+            o = self.by_device.get(m.device_id)
+            if o is None or not o.pending:
+                continue
+            if m.channel == "cfg/ack":
+                o.on_ack(fleetmqtt.decode(m.payload))
+            elif m.channel == "status":
+                status = fleetmqtt.decode(m.payload)
+                if isinstance(status, dict) and status.get("online") is False:
+                    if self.lost:
+                        o.away = True  # the outage's: settles nobody
+                    else:
+                        self.held.append((now, o, status))
+                else:
+                    o.on_status(status)
+        while self.held and now - self.held[0][0] >= HOLD_S:
+            _arrived, o, status = self.held.pop(0)
+            o.on_status(status)
+
+    def outage(self, why, republish=True):
+        """The session is lost: offline statuses held so far are the outage's;
+        reconnect (for at most the push's timeout), then publish every
+        unconfirmed device's config again. Returns the outage's length."""
+        lost = self.clock()
+        self.lost = True
+        for _arrived, o, _status in self.held:
+            o.away = True
+        self.held = []
+        self.say("device_config: lost the broker session (%s): reconnecting (at most %g s); offline statuses "
+                 "from now on are the outage's" % (why, self.timeout))
+        while True:
+            left = self.timeout - (self.clock() - lost)
+            if left <= 0:
+                raise fleetmqtt.FleetMqttError(
+                    "the broker was not back within %g s (the timeout); every config published so far is retained "
+                    "on the broker and a device takes it when it connects: run the task again to confirm them"
+                    % self.timeout)
+            try:
+                self.session.reconnect(timeout=min(left, self.connect_timeout))
+                break
+            except fleetmqtt.SessionLost:
+                continue
+        back = self.clock()
+        self.outages.append({"lost_after_s": round(lost - self.started, 3), "back_after_s": round(back - lost, 3)})
+        self.say("device_config: the broker session is back after %.1f s" % (back - lost))
+        if republish:
+            self.publish([o for o in self.outcomes if o.pending])
+        return back - lost

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""One MQTT session to a site broker for the controller-side fleet plugins
+"""Ansible side: one MQTT session to a site broker for the controller-side fleet plugins
 (the device_config and ota_rollout action plugins, the mqtt_fleet inventory
 plugin): connect as the controller's service user, take a snapshot of the
 retained messages of some channels, follow them live, publish many messages
@@ -25,6 +25,7 @@ session is on TCP to an online client, and anything a device repeats is
 retained or answered again."""
 
 import collections
+import json
 import os
 import ssl
 import threading
@@ -84,6 +85,30 @@ BROKER_ARGS = dict(
 
 
 Message = collections.namedtuple("Message", "device_id channel payload retain")
+
+
+def json_object(payload):
+    """The JSON object (a dict) an MQTT payload holds; ValueError saying what
+    it holds instead: no JSON (empty, malformed, not UTF-8, nested too deep)
+    or JSON that is not an object."""
+    try:
+        value = json.loads(payload)
+    except (ValueError, TypeError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise ValueError("payload is not JSON (%s)" % e)
+    if not isinstance(value, dict):
+        raise ValueError("payload is not a JSON object but %s" % type(value).__name__)
+    return value
+
+
+def decode(payload):
+    """The JSON object a payload holds, or None (a message that is missing,
+    empty, malformed or not an object): what the fleet plugins make of the
+    devices' status, acks and reports, which they never trust to be well
+    formed."""
+    try:
+        return json_object(payload)
+    except ValueError:
+        return None
 
 
 # The inventory variables broker_settings reads (the action plugins template
@@ -329,7 +354,9 @@ class FleetSession:
         self.sync(timeout)
 
     def unsubscribe(self, channels):
-        """Stop *channels* (no wait: what still arrives is the caller's to ignore)."""
+        """Stop *channels* (no wait: what still arrives is the caller's to ignore);
+        :meth:`reconnect` no longer subscribes to them."""
+        self._channels = [c for c in self._channels if c not in channels]
         with self._cond:
             self.client.unsubscribe(["site/%s/+/+/%s" % (self.site, ch) for ch in channels])
 
@@ -390,8 +417,17 @@ class FleetSession:
         return self._connected
 
     def publish(self, device_id, channel, payload, retain=False, qos=1):
-        """Queue one message to a device topic; :meth:`flush` waits for its PUBACK."""
+        """Queue one message to a device topic; :meth:`flush` waits for its PUBACK.
+        SessionLost while the session is down: paho keeps a QoS 1 message and
+        sends it once the session is back, but a caller that republishes after
+        :meth:`reconnect` does not depend on that."""
         info = self.client.publish(contract.topic(self.site, device_id, channel), payload, qos=qos, retain=retain)
+        if info.rc == paho.MQTT_ERR_NO_CONN:
+            if qos:
+                with self._cond:
+                    self._pending.append(info)
+            raise SessionLost("the session to the broker %s:%d is down: publish to %s waits for it"
+                              % (self.host, self.port, device_id))
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise FleetMqttError("publish to %s failed: %s" % (device_id, paho.error_string(info.rc)))
         if qos:

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""Handing the fleet over to a new OTA signing key: the controller-side
+"""Ansible side: handing the fleet over to a new OTA signing key: the controller-side
 logic behind the signing_key_handover action plugin. Pure: no Ansible, no
 MQTT, no clock (times are passed in).
 
@@ -55,14 +55,6 @@ def command_id(new_public_hex):
     device and every run of one hand-over."""
     contract.check_public_key(new_public_hex, "new signing key")
     return contract.check_command_id("signing-key-" + new_public_hex[2:18])
-
-
-def decode(payload):
-    try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def answer(ack, cmd_id):

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""Device identity (docs/architecture.md, section 3.1).
+"""Device contract: device identity (docs/architecture.md, section 3.1).
 
 A device id is ``<kind>-<short8>``: short8 is the 8-symbol Crockford base32
 code (lower case, most significant 5 bits first) of BLAKE2s(MAC bytes) with a

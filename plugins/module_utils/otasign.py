@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""The site's OTA signing key on the Ansible controller (CPython, the
+"""Ansible side: the site's OTA signing key on the Ansible controller (CPython, the
 ``cryptography`` package): created once, checked on every use, never
 regenerated implicitly, never copied anywhere but the secrets directory.
 

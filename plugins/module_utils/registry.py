@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""The device registry: boards registered at the flash station, kept in one
+"""Ansible side: the device registry: boards registered at the flash station, kept in one
 YAML inventory file inside the site's inventory directory
 (``inventories/<site>/registry.yml``), which Ansible reads with the rest of
 the inventory. Its hosts join ``fleet`` under their kind's group, exactly

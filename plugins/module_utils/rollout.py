@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""The controller-side logic of an OTA rollout: the plan of waves, the abort
+"""Ansible side: the controller-side logic of an OTA rollout: the plan of waves, the abort
 rule, the state of each device and the resumable state file. Pure: no
 Ansible, no MQTT, no threads, no clock (every time is passed in as ``now``,
 the caller's monotonic clock; ``DeviceTracker(wall=...)`` turns it into

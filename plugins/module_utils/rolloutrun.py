@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""The OTA rollout executor: one run of a rollout over a broker session.
+"""Ansible side: the OTA rollout executor: one run of a rollout over a broker session.
 rollout.py holds the pure parts (plan, abort rule, device tracker, state
 file); this module drives them with the messages of a session and the
 clocks, and knows nothing of Ansible (the action plugin
@@ -102,14 +102,6 @@ class Output(object):
         pass
 
 
-def decode(payload):
-    try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def attempt_id(command_id, attempt):
     """The command id of a device's *attempt* (1: the rollout's command id)."""
     return command_id if attempt <= 1 else "%s.%d" % (command_id, attempt)
@@ -203,9 +195,9 @@ class RolloutRun(object):
                 t = by_device.get(m.device_id)
                 if t is not None:
                     if m.channel == "ota":
-                        self.dirty |= t.on_ota(decode(m.payload), now)
+                        self.dirty |= t.on_ota(fleetmqtt.decode(m.payload), now)
                     else:
-                        self.dirty |= t.on_cmd_ack(decode(m.payload), now)
+                        self.dirty |= t.on_cmd_ack(fleetmqtt.decode(m.payload), now)
             elif m.channel in ("status", "state"):
                 self.held.append((now, m))
         self.release(by_device, now)
@@ -213,7 +205,7 @@ class RolloutRun(object):
     def release(self, by_device, now, everything=False):
         while self.held and (everything or now - self.held[0][0] >= HOLD_S):
             arrived, m = self.held.pop(0)
-            payload = decode(m.payload)
+            payload = fleetmqtt.decode(m.payload)
             t = by_device.get(m.device_id)
             if m.channel == "status":
                 self.status[m.device_id] = payload
@@ -263,7 +255,7 @@ class RolloutRun(object):
         self.session.subscribe(["status", "ota", "cmd/ack", "state"], timeout=opts["connect_timeout"])
         for m in self.session.events():
             if m.channel == "status":
-                self.status[m.device_id] = decode(m.payload)
+                self.status[m.device_id] = fleetmqtt.decode(m.payload)
         on_version = [d for d in self.devices if (self.status.get(d) or {}).get("fw") == version]
         already = set(on_version)
         to_update = [d for d in self.devices if d not in already]

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""The device-facing address of a site controller (``edgefleet_controller_address``).
+"""Ansible side: the device-facing address of a site controller (``edgefleet_controller_address``).
 
 Devices reach the controller by one name or IP address: the broker host
 written into each board, the host of the OTA manifest's URLs, the devices'

@@ -30,6 +30,9 @@ description:
     2024-01-01 UTC). No state file; two controllers see the same retained messages."
   - "Per device result: C(applied), C(unchanged) (nothing sent), C(rejected) (with the device's reason),
     C(timed_out), or C(offline) (the retained config waits for it)."
+  - A broker restart during the push is not a device failure. An offline status counts only once held 2 s with
+    the controller's session up; after a lost session the task reconnects (for at most I(timeout)), publishes
+    every unconfirmed config again, and takes a device's live status with that config version as its ack."
   - C(changed) is true only for devices that applied settings that differ from the ones they had.
 version_added: "0.1.0"
 author: edgefleet developers (!UNKNOWN)
@@ -120,6 +123,15 @@ summary:
   returned: when not in check mode
   type: dict
   sample: {"applied": 3, "unchanged": 2, "rejected": 0, "timed_out": 0, "offline": 1}
+outages:
+  description:
+    - Each broker session lost during the push (a broker restart), with C(lost_after_s) (since the push began) and
+      C(back_after_s). The push reconnects, publishes every unconfirmed config again, and does not take the wills a
+      stopping broker publishes for devices going offline.
+  returned: when not in check mode
+  type: list
+  elements: dict
+  sample: [{"lost_after_s": 0.41, "back_after_s": 1.2}]
 would_change:
   description: Devices whose applied config would change.
   returned: in check mode

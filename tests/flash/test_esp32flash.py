@@ -1,4 +1,4 @@
-"""plugins/module_utils/esp32flash against ROM-protocol peers (tests/flash/
+"""plugins/module_utils/esp32flash against ROM-protocol peers (tools/pylib/
 rompeer.py): real esptool, several boards in parallel, one of them
 failing. The peer stands in for boards that cannot exist here (no chip, no
 Espressif QEMU); everything on our side of the serial line is real."""

@@ -1,6 +1,6 @@
 """Flashing a board that has run (docs/flashing.md, "A board that has run"):
 the real image build and real esptool against a ROM-protocol peer
-(tests/flash/rompeer.py: the board, which cannot exist here), and the
+(tools/pylib/rompeer.py: the board, which cannot exist here), and the
 simulator running the unchanged app from that board's own flash bytes
 against a real Mosquitto and a real HTTP server. The app's writes (applied
 config, an app bundle and then a MicroPython image by OTA, the offline
@@ -28,6 +28,7 @@ from roleacl import render_acl  # noqa: E402
 from simsite import SERVICE, online, payloads, topic, until, watcher  # noqa: E402
 
 import ota  # noqa: E402  (firmware/app: the bundle format the device unpacks)
+from firmware import common  # noqa: E402
 from firmware.sim import fleet  # noqa: E402
 
 SITE = "it"  # simsite.topic() builds topics of this site
@@ -39,7 +40,7 @@ SETTINGS = {"watchdog_s": 0, "selftest_timeout_s": 150}  # simsite's settings fo
 
 
 def planner(broker_port, password, key, config=None):
-    devices = [{"id": DEV, "mac": MAC, "config": fleet.kind_config(KIND, MAC) if config is None else config}]
+    devices = [{"id": DEV, "mac": MAC, "config": common.kind_config(KIND, MAC) if config is None else config}]
     return esp32flash.image_planner(build.build_regions, build.flat_image, plugrun.stand_in_micropython(), devices,
                                     SITE, {"host": "127.0.0.1", "port": broker_port, "tls": False},
                                     {DEV: password}, version="0.2.0", settings=SETTINGS, signing_key=key.public,
@@ -190,7 +191,7 @@ def test_a_used_board_keeps_what_it_wrote_gets_the_projects_new_files_and_factor
     [reset] = esp32flash.flash_ports([peer.url], planner(b2.port, "pw-2", key), factory_reset=True)
     assert reset["error"] is None and reset["board_files_reset"] and reset["regions_kept"] == []
     doc = esp32flash.device_document(DEV, KIND, SITE, {"host": "127.0.0.1", "port": b2.port, "tls": False}, "pw-2",
-                                     fleet.kind_config(KIND, MAC), settings=SETTINGS, signing_key=key.public)
+                                     common.kind_config(KIND, MAC), settings=SETTINGS, signing_key=key.public)
     whole, _ = build.build_image(plugrun.stand_in_micropython(), doc, None, None, "0.2.0")
     ota_1 = build.partition("ota_1")
     # all but ota_1, which the image does not define: with a blank boot selection it never boots

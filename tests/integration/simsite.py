@@ -9,6 +9,7 @@ import json
 import firmware.sim  # noqa: F401  (puts firmware/app and the contract on sys.path)
 import contract
 import identity
+from firmware import common
 from firmware.sim import fleet
 from mqttc import Client as Paho
 import testkeys
@@ -44,7 +45,7 @@ def make_site(broker, tmp_path, devices=DEVICES):
         gets 150 device seconds (3 s of real time at the default scale)."""
         sims = []
         for device_id, kind, mac in specs:
-            cfg = dict(fleet.kind_config(kind, mac), **(initial or {}))
+            cfg = dict(common.kind_config(kind, mac), **(initial or {}))
             root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                    {"host": "127.0.0.1", "port": b.port, "keepalive": 30}, users[device_id],
                                    initial_config=cfg,
@@ -96,3 +97,14 @@ async def run_for(sims, seconds, during=None):
     finally:
         await asyncio.gather(*(s.stop() for s in sims))
     assert all(t.done() for t in tasks)
+
+
+async def with_fleet(sims, scenario):
+    """Run *scenario()* while the simulated devices *sims* run; stop them
+    after, whatever happened."""
+    tasks = [s.start() for s in sims]
+    try:
+        return await scenario()
+    finally:
+        await asyncio.gather(*(s.stop() for s in sims))
+        assert all(t.done() for t in tasks)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import contract
+from firmware import common
 from firmware.sim import fleet
 from mqttc import Client
 from rolebroker import RoleBroker
@@ -135,7 +136,7 @@ def test_devices_lose_nothing_through_a_60s_broker_outage(role_broker, tmp_path)
     assert tg.subscribe(f"site/{SITE}/+/+/state") == [1]
     sims = []
     for device_id, kind, mac in specs:
-        cfg = dict(fleet.kind_config(kind, mac), publish_interval_s=2, sample_interval_s=1)
+        cfg = dict(common.kind_config(kind, mac), publish_interval_s=2, sample_interval_s=1)
         root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                {"host": "127.0.0.1", "port": b.port, "keepalive": 30}, "pw-" + device_id,
                                initial_config=cfg, settings={"watchdog_s": 0}, signing_key=KEY.public)

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from fleetplay import run_playbook, write_inventory
-from simsite import DEVICES, SITE, WILL, online, payloads, topic, until, watcher
+from simsite import DEVICES, SITE, WILL, online, payloads, topic, until, watcher, with_fleet
 from mqttc import Client as Paho
 
 PSU, OVEN, ENV = (d for d, _, _ in DEVICES)
@@ -20,15 +20,6 @@ def configs_seen(client):
 async def all_online(ctl):
     for d, _, _ in DEVICES:
         await online(ctl, d)
-
-
-async def with_fleet(sims, scenario):
-    tasks = [s.start() for s in sims]
-    try:
-        return await scenario()
-    finally:
-        await asyncio.gather(*(s.stop() for s in sims))
-        assert all(t.done() for t in tasks)
 
 
 def test_config_is_applied_confirmed_and_not_sent_again(site, tmp_path):

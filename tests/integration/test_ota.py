@@ -217,6 +217,7 @@ def test_one_tls_session_through_a_whole_ota(broker, tmp_path, monkeypatch):
     Every connection the device opens goes through netio.open_connection;
     the TLS ones are counted, and how many are open at each new one."""
     import netio
+    from firmware import common
     from firmware.sim import fleet
     from roleacl import render_acl
     from simsite import SERVICE
@@ -231,7 +232,7 @@ def test_one_tls_session_through_a_whole_ota(broker, tmp_path, monkeypatch):
     https, http = Www(tmp_path / "https", tls=tls), Www(tmp_path / "http")
     root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, "it",
                            {"host": "127.0.0.1", "port": b.tls_port, "tls": True}, "pw", ca_file=str(tls["ca"]),
-                           initial_config=fleet.kind_config(kind, mac), settings={"selftest_timeout_s": 150},
+                           initial_config=common.kind_config(kind, mac), settings={"selftest_timeout_s": 150},
                            signing_key=key.public)
     sim = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
     ctl = watcher(b, "controller", topic(device_id, "#"))

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -316,6 +317,25 @@ def executor(ota_site, image, tmp_path, rid, devices=IDS, **opts):
     return run, session
 
 
+def execute(sims, ctl, run, session, alongside=None):
+    """Run the executor *run* in a thread while the simulated fleet runs, and
+    *alongside(task)* beside it when given; the wall time it took. The run
+    and its session are closed after, whatever happened."""
+    async def scenario():
+        started = time.monotonic()
+        task = asyncio.ensure_future(asyncio.to_thread(run.run))
+        if alongside is not None:
+            await alongside(task)
+        await task
+        return time.monotonic() - started
+
+    try:
+        return asyncio.run(fleet_running(sims, ctl, scenario))
+    finally:
+        run.close()
+        session.close()
+
+
 def attempts(result):
     return dict((d, len(rec.get("attempts") or [1])) for d, rec in result["devices"].items())
 
@@ -328,7 +348,6 @@ def test_a_broker_restart_in_every_wave_aborts_nothing_and_every_device_ends_on_
     moment of each wave (seeded, printed): every device ends on the new
     version, nothing aborts, each device gets at most max_attempts commands."""
     import random
-    import time
 
     rng = random.Random(seed)
     sims = ota_site()
@@ -358,18 +377,7 @@ def test_a_broker_restart_in_every_wave_aborts_nothing_and_every_device_ends_on_
                 restarts[seen + 1] = restarts.get(seen + 1, 0) + 1
             await asyncio.sleep(0.05)
 
-    async def scenario():
-        started = time.monotonic()
-        task = asyncio.ensure_future(asyncio.to_thread(run.run))
-        await restarter(task)
-        await task
-        return time.monotonic() - started
-
-    try:
-        wall = asyncio.run(fleet_running(sims, ctl, scenario))
-    finally:
-        run.close()
-        session.close()
+    wall = execute(sims, ctl, run, session, alongside=restarter)
     result = run.report({})
     per_device = attempts(result)
     on_new = sum(1 for s in sims if s.device.fw == NEW)
@@ -392,7 +400,6 @@ def test_a_canary_that_hangs_or_crash_loops_on_the_new_version_fails_inside_its_
     on every boot. Telemetry every 2 device seconds: the controller knows
     it from the status (publish_interval_s) and fails the canary after 2 x 2
     + 5 s of silence, or at its reset, well inside the 40 s soak."""
-    import time
 
     sims = ota_site(initial={"publish_interval_s": 2})
     canary = plan("hc")[0][0]
@@ -401,16 +408,7 @@ def test_a_canary_that_hangs_or_crash_loops_on_the_new_version_fails_inside_its_
     ctl = watcher(ota_site.broker, "controller", f"site/{SITE}/+/+/status")
     run, session = executor(ota_site, image, tmp_path, "hc", devices=[canary], soak=40.0)
 
-    async def scenario():
-        started = time.monotonic()
-        await asyncio.to_thread(run.run)
-        return time.monotonic() - started
-
-    try:
-        took = asyncio.run(fleet_running(sims, ctl, scenario))
-    finally:
-        run.close()
-        session.close()
+    took = execute(sims, ctl, run, session)
     rec = run.report({})["devices"][canary]
     print("%s: %s after %.1f s: %s" % (fault, rec["state"], took, rec.get("detail")))
     assert rec["state"] in ("failed", "rolled_back"), rec

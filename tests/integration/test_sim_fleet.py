@@ -11,6 +11,7 @@ import json
 import pytest
 
 import testkeys
+from firmware import common
 from firmware.sim import fleet
 from mqttc import Client as Paho
 from roleacl import render_acl
@@ -264,8 +265,8 @@ def test_sensors_are_zones_by_rom_and_a_dead_one_empties_only_its_zone(site):
         assert abs(zones[zone] - signals.temps[zone]) < 2.0, (zone, zones, signals.temps)
     assert sims[0].device.sensor_errors > 0
     announced = payloads(ctl, "announce", oven_id)[-1]["sensors"]
-    assert fleet.kind_config(kind, mac)["temperature_sensors"].keys() - set(announced) == {
-        next(r for r, z in fleet.kind_config(kind, mac)["temperature_sensors"].items() if z == 0)}
+    assert common.kind_config(kind, mac)["temperature_sensors"].keys() - set(announced) == {
+        next(r for r, z in common.kind_config(kind, mac)["temperature_sensors"].items() if z == 0)}
 
 
 def test_telemetry_time_is_null_until_the_clock_is_set(site, ntp_server):
@@ -360,7 +361,7 @@ def test_devices_use_tls_with_the_site_ca(broker, tmp_path):
     b = broker(users=dict(SERVICE, **{device_id: "pw"}), acl=render_acl(SITE, [device_id]), tls=tls)
     root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                            {"host": "127.0.0.1", "port": b.tls_port, "tls": True}, "pw", ca_file=str(tls["ca"]),
-                           initial_config=fleet.kind_config(kind, mac),
+                           initial_config=common.kind_config(kind, mac),
                            signing_key=testkeys.new_key().public)
     sim = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
     tg = Paho(b.tls_port, user="telegraf", password=SERVICE["telegraf"], ca_file=str(tls["ca"])).connect_ok()

@@ -3,41 +3,18 @@ device's own rules (plugins/module_utils/devconfig.py, what the board
 applies at boot) would refuse stops the flash before any board is written,
 naming the host, the value and the inventory variable. The real playbook,
 this machine as the flash station and two ROM-protocol peers as boards
-(tests/flash/rompeer.py) that the inventory already knows."""
+(tools/pylib/rompeer.py) that the inventory already knows."""
 
 import pathlib
 
 import identity
 import plugrun
-import pytest
 import yaml
 
+from flashsite import boards, site_inventory
+
 KIND = "env"
-MACS = ["24:0a:c4:fe:02:%02x" % i for i in (1, 2)]
-IDS = [identity.device_id(KIND, m) for m in MACS]
-
-
-@pytest.fixture
-def peers():
-    started = plugrun.plug(MACS)
-    yield started
-    for p in started:
-        p.stop()
-
-
-def site_inventory(directory, secrets, host_vars=None):
-    directory = pathlib.Path(directory)
-    (directory / "group_vars" / "all").mkdir(parents=True)
-    hosts = {"all": {"children": {
-        "controller": {"hosts": {"ctl01": {"ansible_connection": "local"}}},
-        "fleet": {"children": {KIND: {"hosts": {i: dict({"device_mac": m}, **(host_vars or {}).get(i, {}))
-                                                 for i, m in zip(IDS, MACS)}}}}}}}
-    (directory / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    (directory / "group_vars" / "all" / "site.yml").write_text(yaml.safe_dump({
-        "edgefleet_site": "plant", "edgefleet_secrets_dir": str(secrets), "edgefleet_broker_host": "127.0.0.1",
-        "edgefleet_controller_address": "ctl01.plant.lan",
-        "edgefleet_broker_port": 1883, "mosquitto_passwords": {i: "pw-" + i for i in IDS}}))
-    return directory
+MACS, IDS = boards(KIND, 2)
 
 
 def flash_writes(peers):
@@ -50,7 +27,7 @@ def run(tmp_path, peers, host_vars=None, station_vars=None, extra=(), secrets=No
         hosts = yaml.safe_load((station / "hosts.yml").read_text())
         hosts["all"]["children"]["flash_stations"]["hosts"]["station-test"].update(station_vars)
         (station / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    inv = site_inventory(tmp_path / "site", secrets or tmp_path / "secrets", host_vars)
+    inv = site_inventory(tmp_path / "site", secrets or tmp_path / "secrets", KIND, list(zip(IDS, MACS)), host_vars)
     return plugrun.flash_playbook([inv, station], *extra)
 
 

@@ -1,50 +1,22 @@
 """playbooks/flash.yml gives every board the site's OTA signing public key,
 and nothing of the private key reaches the flash station or the board: the
 real playbook, this machine as the flash station, two ROM-protocol peers as
-boards (tests/flash/rompeer.py) that the inventory already knows, so the
+boards (tools/pylib/rompeer.py) that the inventory already knows, so the
 broker role has nothing to do (tools/pylib/plugrun.py stands in the rest).
 The key comes from the ota_signing role: created once on the Ansible
 controller on the first run, and a key that cannot be used stops the play
 before any board is written."""
 
 import json
-import pathlib
 
-import identity
 import otasign
 import plugrun
-import pytest
-import yaml
 
 import firmware.image as build
+from flashsite import boards, site_inventory
 
 KIND = "env"
-MACS = ["24:0a:c4:fe:01:%02x" % i for i in (1, 2)]
-IDS = [identity.device_id(KIND, m) for m in MACS]
-
-
-@pytest.fixture
-def peers():
-    started = plugrun.plug(MACS)
-    yield started
-    for p in started:
-        p.stop()
-
-
-def site_inventory(directory, secrets):
-    """The site's part: a controller (never contacted here), the two boards
-    as known devices with their passwords, plain MQTT on loopback."""
-    directory = pathlib.Path(directory)
-    (directory / "group_vars" / "all").mkdir(parents=True)
-    hosts = {"all": {"children": {
-        "controller": {"hosts": {"ctl01": {"ansible_connection": "local"}}},
-        "fleet": {"children": {KIND: {"hosts": {i: {"device_mac": m} for i, m in zip(IDS, MACS)}}}}}}}
-    (directory / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    (directory / "group_vars" / "all" / "site.yml").write_text(yaml.safe_dump({
-        "edgefleet_site": "plant", "edgefleet_secrets_dir": str(secrets), "edgefleet_broker_host": "127.0.0.1",
-        "edgefleet_controller_address": "ctl01.plant.lan",
-        "edgefleet_broker_port": 1883, "mosquitto_passwords": {i: "pw-" + i for i in IDS}}))
-    return directory
+MACS, IDS = boards(KIND, 1)
 
 
 def board_files(peer):
@@ -56,7 +28,7 @@ def flash(tmp_path, peers, *extra):
     station = plugrun.station_inventory(tmp_path / "station", peers, KIND, 1883)
     inv = tmp_path / "site"
     if not inv.exists():
-        site_inventory(inv, tmp_path / "secrets")
+        site_inventory(inv, tmp_path / "secrets", KIND, list(zip(IDS, MACS)))
     return plugrun.flash_playbook([inv, station], *extra,
                                   env=dict(plugrun.os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json"))
 

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 import contract
+from firmware import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CONTRACT_FILES = [ROOT / "plugins" / "module_utils" / f"{m}.py" for m in ("contract", "devconfig", "identity")]
+CONTRACT_FILES = [ROOT / "plugins" / "module_utils" / f"{m}.py" for m in common.CONTRACT_MODULES]
 
 
 def test_topics_and_parsing():

@@ -167,3 +167,155 @@ def test_site_vars_templates_only_the_broker_settings_and_names_a_variable_that_
                                                         "edgefleet_broker_port": 1883}
     with pytest.raises(fleetmqtt.FleetMqttError, match="inventory variable edgefleet_broker_host: 'nope' is undefined"):
         fleetmqtt.site_vars(dict(task_vars, edgefleet_broker_host="{{ nope }}"), template)
+
+
+# --- the push over a session: acks, held offline statuses, a lost session ---------------------------------
+
+PSU, OVEN, ENV = "psu-ktcyat68", "oven-tvcft64q", "env-yy1ka51y"
+# fleetmqtt as fleetcfg imports it (through the collection): its SessionLost is the one Push catches
+fm = fleetcfg.fleetmqtt
+
+
+class FakeSession(object):
+    """A session on a fake clock: *script* maps a time to what happens then:
+    messages to deliver (Message tuples) or "lost" (the broker goes away
+    until *back_at*). Every publish is recorded with the time."""
+
+    def __init__(self, script, back_at=None):
+        self.t = 0.0
+        self.script = sorted(script.items())
+        self.back_at = back_at
+        self.up = True
+        self.told = True
+        self.inbox = []
+        self.published = []
+        self.reconnects = 0
+
+    def clock(self):
+        return self.t
+
+    def _advance(self, to):
+        while self.script and self.script[0][0] <= to:
+            at, what = self.script.pop(0)
+            if what == "lost":
+                self.up, self.told = False, False
+            elif self.up:
+                self.inbox += what
+        self.t = to
+
+    def publish(self, device_id, channel, payload, retain=False):
+        if not self.up:
+            raise fm.SessionLost("down")
+        self.published.append((self.t, device_id, json.loads(payload)["version"]))
+
+    def flush(self, timeout=30.0):
+        if not self.up:
+            raise fm.SessionLost("down")
+
+    def events(self, timeout=0.0):
+        self._advance(self.t + timeout)
+        out, self.inbox = self.inbox, []
+        if not out and not self.up and not self.told:
+            self.told = True
+            raise fm.SessionLost("fake broker restart")
+        return out
+
+    def reconnect(self, timeout=10.0):
+        self.reconnects += 1
+        if self.back_at is None or self.t + timeout < self.back_at:
+            self._advance(self.t + timeout)
+            raise fm.SessionLost("still down")
+        self._advance(max(self.t, self.back_at))
+        self.up = True
+
+
+def msg(device, channel, payload, retain=False):
+    return fm.Message(device, channel, json.dumps(payload).encode(), retain)
+
+
+def outcomes_for(*devices):
+    return [fleetcfg.Outcome(fleetcfg.Plan(d, {"setpoint_c": 71}, cfg(42, setpoint_c=70), status(42), NOW))
+            for d in devices]
+
+
+def test_push_confirms_by_ack_and_holds_an_offline_status_before_it_settles_anyone():
+    outs = outcomes_for(PSU, OVEN)
+    v = outs[0].plan.version
+    session = FakeSession({0.2: [msg(PSU, "cfg/ack", {"version": v, "result": "applied"}),
+                                 msg(OVEN, "status", {"online": False})]})
+    push = fleetcfg.Push(session, outs, 30, clock=session.clock)
+    push.run()
+    assert [(d, ver) for _t, d, ver in session.published] == [(PSU, v), (OVEN, v)]
+    assert outs[0].result == "applied"
+    assert outs[1].result == "offline" and outs[1].detail == "went offline before it answered"
+    assert 0.2 + fleetcfg.HOLD_S <= session.t < 0.2 + fleetcfg.HOLD_S + 1, "offline counted before it was held"
+    assert push.outages == []
+
+
+def test_push_rides_out_a_broker_restart_and_takes_a_live_status_as_the_ack():
+    """The broker sends every will, then closes the session; back 3 s later.
+    PSU acked while the controller was away: its live status says so. OVEN
+    answers the config published again. ENV stays away: offline at the end."""
+    outs = outcomes_for(PSU, OVEN, ENV)
+    v = outs[0].plan.version
+    wills = [msg(d, "status", {"online": False}) for d in (PSU, OVEN, ENV)]
+    session = FakeSession({0.4: wills, 0.6: "lost",
+                           3.8: [msg(PSU, "status", {"online": True, "cfg_version": v}, retain=True),
+                                 msg(ENV, "status", {"online": False}, retain=True)],
+                           4.0: [msg(OVEN, "cfg/ack", {"version": v, "result": "applied"})]},
+                          back_at=3.6)
+    said = []
+    push = fleetcfg.Push(session, outs, 10, connect_timeout=1.0, clock=session.clock, say=said.append)
+    push.run()
+    assert [o.result for o in outs] == ["applied", "applied", "offline"], [(o.result, o.detail) for o in outs]
+    assert "broker outage" in outs[2].detail
+    assert len(push.outages) == 1 and push.outages[0]["back_after_s"] == pytest.approx(3.6 - 0.8, abs=0.3)
+    # the pending ones again after the outage, each with the same version
+    again = [(d, ver) for t, d, ver in session.published if t > 1]
+    assert sorted(again) == sorted([(PSU, v), (OVEN, v), (ENV, v)])
+    assert any("lost the broker session" in s for s in said) and any("back after" in s for s in said)
+    # the deadline moved by the outage: ENV waited the whole timeout after the session was back
+    assert session.t >= 10 + push.outages[0]["back_after_s"]
+
+
+def test_push_survives_a_session_lost_while_flushing():
+    outs = outcomes_for(PSU)
+    v = outs[0].plan.version
+    session = FakeSession({1.5: [msg(PSU, "cfg/ack", {"version": v, "result": "applied"})]}, back_at=1.0)
+    session.up, session.told = False, True  # lost between the publish and its PUBACK
+    session.publish = lambda *a, **kw: FakeSession.publish(session, *a, **kw) if session.up else \
+        session.published.append((session.t, PSU, v))
+    push = fleetcfg.Push(session, outs, 10, connect_timeout=0.5, clock=session.clock)
+    push.run()
+    assert outs[0].result == "applied" and len(push.outages) == 1
+
+
+def test_push_gives_up_when_the_broker_is_not_back_within_the_timeout():
+    outs = outcomes_for(PSU)
+    session = FakeSession({0.2: "lost"})
+    push = fleetcfg.Push(session, outs, 5, connect_timeout=1.0, clock=session.clock)
+    with pytest.raises(fm.FleetMqttError, match="not back within 5 s"):
+        push.run()
+    assert session.reconnects >= 4 and session.t < 0.2 + 5 + 1.5
+
+
+@pytest.mark.parametrize("payload,message", [(b"", "not JSON"), (b"{nope", "not JSON"), (b"\xff", "not JSON"),
+                                             (None, "not JSON"), (b"[1]", "not a JSON object but list"),
+                                             (b"[" * 100000, "not JSON")])
+def test_a_payload_that_holds_no_json_object_is_named(payload, message):
+    with pytest.raises(ValueError, match=message):
+        fm.json_object(payload)
+    assert fm.decode(payload) is None
+
+
+def test_a_json_object_payload_is_decoded():
+    assert fm.json_object(b'{"online": true}') == fm.decode(b'{"online": true}') == {"online": True}
+
+
+def test_publishing_while_the_session_is_down_is_a_lost_session():
+    session = fm.FleetSession("127.0.0.1", 1, "controller", "pw", "lab")  # never connected
+    with pytest.raises(fm.SessionLost, match="down"):
+        session.publish(PSU, "cfg", b"{}", retain=True)
+    session._channels = ["cfg", "status"]
+    session.unsubscribe(["cfg"])
+    assert session._channels == ["status"], "reconnect would subscribe to an unsubscribed channel again"

@@ -23,10 +23,11 @@ import shutil
 import subprocess
 import sys
 
+from firmware.common import CONTRACT_MODULES  # the device contract's files, as the image packs them
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP = ROOT / "firmware" / "app"
 CONTRACT = ROOT / "plugins" / "module_utils"
-CONTRACT_MODULES = ("contract", "devconfig", "identity")
 SHARED_TOOLS = ROOT.parent / "shared" / "tools"
 SHARED_BINARY = SHARED_TOOLS / "micropython" / "micropython"
 # port name: (environment variable, also looked up on PATH, the shared file, sys.maxsize it must report)

@@ -18,10 +18,9 @@ import time
 
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "tests" / "flash")]
+from rompeer import RomPeer
 
-from rompeer import RomPeer  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def stand_in_micropython(app_size=0x1000):

@@ -20,6 +20,7 @@ import queue
 import time
 
 import testkeys
+from firmware import common
 from firmware.sim import fleet
 from rolebroker import RoleBroker
 
@@ -113,7 +114,7 @@ async def run_storm(broker, specs, workdir, settings=None, settle_timeout=180, b
     for device_id, kind, mac in specs:
         root = fleet.provision(str(workdir / "sim"), device_id, kind, mac, SITE,
                                {"host": "127.0.0.1", "port": broker.port}, broker.users[device_id],
-                               initial_config=fleet.kind_config(kind, mac),
+                               initial_config=common.kind_config(kind, mac),
                                settings=dict({"watchdog_s": 0}, **(settings or {})),
                                signing_key=KEY.public)
         devices.append(fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind))

@@ -8,7 +8,7 @@ credentials, the site CA), comes online on the site broker and is queryable
 in Prometheus. A second run changes nothing.
 
 What stands in for what cannot exist here, and says so:
-- the boards: ROM-protocol peers (tests/flash/rompeer.py) on
+- the boards: ROM-protocol peers (tools/pylib/rompeer.py) on
   socket://127.0.0.1, each with its MAC in eFuse; the real esptool talks to
   them through the real module;
 - MicroPython's ESP32 firmware.bin (not downloadable here): a stand-in with
