@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the edgefleet developers
 # Licensed under the Apache License, Version 2.0 (LICENSE at the repository root)
 # SPDX-License-Identifier: Apache-2.0
-"""Controller side: every command the controller sends carries ``expires``
+"""Ansible side: every command the controller sends carries ``expires``
 (docs/fleet.md, "Commands"). A device's session is persistent, so the broker
 queues a command for a device that is away and delivers it when the device
 is back; the expiry is what keeps a command that has gone stale from running
