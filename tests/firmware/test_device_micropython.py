@@ -480,6 +480,11 @@ def test_a_download_cut_by_a_broker_restart_is_reported_failed_after_the_reconne
     assert [(r["id"], r["state"]) for r in reports] == [("cut-1", "downloading"), ("cut-1", "failed")], reports
     assert "downloaded" in reports[-1]["detail"] and reports[-1]["version"] == NEW
     assert d.boots == 1 and "could not report the failure" in d.output()
+    # the device marks the report sent in boot.json once its PUBACK is back,
+    # which can be after the controller sees it: two more telemetry messages
+    # (1 s apart) come after that write, then the flash is read
+    sent = len(payloads(ctl, "state"))
+    wait_until(lambda: len(payloads(ctl, "state")) >= sent + 2, 10, "telemetry after the report")
     d.kill()
     boot = json.loads(d.files()["boot.json"])
     assert boot["active"] == "a" and boot["last"]["result"] == "failed" and boot["last"]["reported"] is True
