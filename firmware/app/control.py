@@ -21,13 +21,28 @@ async def connect(dev):
     broker = dev.settings["broker"]
     await board.wifi_connect()
     will = (dev.topic("status"), json.dumps({"online": False}).encode(), 1, True)
-    client = mqtt.Client(dev.id, broker["host"], broker.get("port", 1883), user=dev.id,
-                         password=dev.settings["password"], keepalive=broker.get("keepalive", 60), will=will,
-                         ssl=board.ssl_context(broker) if broker.get("tls") else None,
-                         on_message=dev.on_message, timeout_s=broker.get("timeout_s", 10),
-                         max_packet_size=broker.get("max_packet_size", mqtt.MAX_PACKET_SIZE))
-    dev.client = client
-    await client.connect()
+    sets = [{"password": dev.settings["password"], "ca": broker.get("ca", "ca.crt")}]
+    rotating = dev.fs.exists("rotation.json")
+    if rotating:  # a rotation: the new secret first, then the older ones (rotate.py)
+        import rotate
+
+        sets = rotate.credentials(dev)
+        dev.release_modules("rotate")
+    for i, creds in enumerate(sets):
+        client = mqtt.Client(dev.id, broker["host"], broker.get("port", 1883), user=dev.id,
+                             password=creds["password"], keepalive=broker.get("keepalive", 60), will=will,
+                             ssl=board.ssl_context(dict(broker, ca=creds["ca"])) if broker.get("tls") else None,
+                             on_message=dev.on_message, timeout_s=broker.get("timeout_s", 10),
+                             max_packet_size=broker.get("max_packet_size", mqtt.MAX_PACKET_SIZE))
+        dev.client = client
+        try:
+            await client.connect()
+            break
+        except Exception:
+            if i + 1 == len(sets):
+                raise
+            client.abort()  # refused (not authorised, TLS): the next set
+    dev.creds = creds
     dev.connects += 1
     # subscribe first: a retained status online=true then means that
     # this device takes cfg and cmd (the retained cfg arrives now)
@@ -39,6 +54,11 @@ async def connect(dev):
 
         supervisor.clear_crash(dev.fs)  # reported (and kept in this boot's announce)
     await dev.publish_json("status", dev.status_payload(), retain=True)
+    if rotating:
+        import rotate
+
+        await rotate.connected(dev, creds)
+        dev.release_modules("rotate")
     await self_test(dev)
 
 
@@ -155,6 +175,14 @@ async def cmd(dev, payload):
         dev.release_modules("otasig")
         await dev.publish_json("cmd/ack", contract.cmd_ack(cmd_id, name, "rejected" if refused else "accepted",
                                                            refused))
+        return None
+    if name == "rotate":
+        import rotate
+
+        refused = await rotate.stage(dev, cmd_id, command)  # answers itself, from the proving session
+        dev.release_modules("rotate")
+        if refused:
+            await dev.publish_json("cmd/ack", contract.cmd_ack(cmd_id, name, "rejected", refused))
         return None
     # reboot
     try:

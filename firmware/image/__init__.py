@@ -22,7 +22,7 @@ APP_DIR = ROOT / "firmware" / "app"
 # the device contract: these very files run on the device, in the simulator
 # and in the controller-side plugins (docs/architecture.md, section 2)
 CONTRACT_DIR = ROOT / "plugins" / "module_utils"
-CONTRACT_MODULES = ("contract", "devconfig", "identity")
+CONTRACT_MODULES = ("contract", "devconfig", "identity", "rotatecmd")
 # files at the filesystem root, never replaced by an app bundle update
 ROOT_MODULES = ("bootsel", "board_esp32", "boardkit", "supervisor")
 # main.py stays source: MicroPython runs /main.py at boot

@@ -18,7 +18,7 @@ DEVICE_READS = ("cfg", "cmd")
 RETAINED = ("status", "announce", "cfg")
 CHANNELS = DEVICE_WRITES + DEVICE_READS
 
-COMMANDS = ("ota", "reboot", "signing_key")
+COMMANDS = ("ota", "reboot", "signing_key", "rotate")
 CMD_RESULTS = ("accepted", "rejected")
 OTA_PAYLOADS = ("app", "firmware")
 OTA_STATES = ("downloading", "verifying", "rebooting", "confirmed", "failed", "rolled_back")

