@@ -136,6 +136,10 @@ def test_rotation_end_to_end_and_a_device_that_missed_it_keeps_its_old_password(
                 [ack] = await _acks(site, d)
                 assert ack["result"] == "accepted" and ack["detail"] == f"proven on port {site.broker.rotation_port}"
                 assert site.device_file(d)["next"]["password"] == new[d]
+            # back on the main listener before the retirement reached the broker: the new password is refused
+            # there, and the device falls back to its old one
+            for d in (a, b):
+                await online(site.ctl, d, 2, timeout=30)
             # the secrets: the new password is the current one for a and b; away keeps its old one and its .next
             assert site.secret(a) == new[a] and not (site.secrets / (a + ".next")).exists()
             assert site.secret(away) == old[away] and site.secret(away, ".next") == new[away]
