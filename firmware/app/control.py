@@ -53,12 +53,12 @@ async def connect(dev):
         import supervisor
 
         supervisor.clear_crash(dev.fs)  # reported (and kept in this boot's announce)
-    await dev.publish_json("status", dev.status_payload(), retain=True)
-    if rotating:
+    if rotating:  # settled before the status says online
         import rotate
 
         await rotate.connected(dev, creds)
         dev.release_modules("rotate")
+    await dev.publish_json("status", dev.status_payload(), retain=True)
     await self_test(dev)
 
 

@@ -18,11 +18,12 @@ session at a time: an ESP32 has room for one TLS session.
 
 ``cur`` is the set the device last connected to the main listener with
 (absent: device.json's); ``next`` a set proven on the next listener and not
-yet used on the main one; ``answer`` a rejection still to be sent. A
-connect tries ``next``, then ``cur``, then device.json's, and the first that
-the main listener accepts is kept: once ``next`` works there, the
-controller has retired the old secret and the old set (and its CA file)
-goes. Imported for the job (a command, a connect when the file exists) and
+yet used on the main one; ``answer`` a rejection still to be sent. A new CA
+waits in ``ca.r1.crt`` or ``ca.r2.crt``. A connect tries ``next``, then
+``cur``, then device.json's (so the device trusts both CAs meanwhile), and
+the first that the main listener accepts is kept: once ``next`` works
+there, the controller has retired the old secret. The new CA then replaces
+the flash-time ``ca.crt``: the old CA is gone from the device. Imported for the job (a command, a connect when the file exists) and
 released after it.
 """
 
@@ -64,10 +65,20 @@ async def connected(dev, used):
     state = load(dev)
     changed = False
     if used == state.get("next"):
-        old = state.get("cur") or _flash_set(dev)
-        state["cur"] = state.pop("next")
-        if old.get("ca") in CA_FILES and old.get("ca") != used.get("ca") and dev.fs.exists(old["ca"]):
-            dev.fs.remove(old["ca"])  # the old CA is no longer trusted
+        del state["next"]
+        flash_ca = _flash_set(dev)["ca"]
+        if used["ca"] != flash_ca:
+            # the main listener's certificate is the new CA's: the old CA goes, and the new one takes the
+            # flash-time file (which the next flash writes with the site's CA, this one by then)
+            with dev.fs.open(used["ca"], "r") as f:
+                pem = f.read()
+            bootsel.write_json(dev.fs, FILE, dict(state, cur=used))  # a reset in between keeps a working set
+            with dev.fs.open(flash_ca + ".new", "w") as f:
+                f.write(pem)
+            dev.fs.rename(flash_ca + ".new", flash_ca)
+            dev.fs.remove(used["ca"])
+            used = {"password": used["password"], "ca": flash_ca}
+        state["cur"] = used
         changed = True
     answer = state.pop("answer", None)
     if answer is not None:

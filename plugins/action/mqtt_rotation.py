@@ -22,6 +22,8 @@ display = Display()
 
 ARGSPEC = dict(
     state=dict(type="str", required=True, choices=["prepared", "staged", "retired"]),
+    secret=dict(type="str", default="password", choices=["password", "ca"]),
+    ca_dir=dict(type="path"),
     devices=dict(type="list", elements="str"),
     secrets_dir=dict(type="path"),
     port=dict(type="int"),
@@ -51,6 +53,8 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         result = super(ActionModule, self).run(tmp, task_vars)
         _validation, args = self.validate_argument_spec(argument_spec=ARGSPEC)
+        group = task_vars.get("groups", {}).get(self._var(task_vars, "mosquitto_fleet_group", "fleet")) or []
+        self._fleet = sorted(group)
         try:
             devices = fleetmqtt.target_devices(args["devices"], task_vars)
             inventory_vars = fleetmqtt.site_vars(task_vars, self._templar.template)
@@ -73,15 +77,29 @@ class ActionModule(ActionBase):
                                         "the passwords)")
             directory = os.path.join(secrets, "mqtt")
         check = self._task.check_mode
+        pem = None
         try:
-            rotation.check_rotatable(devices, directory, inventory_vars.get("mosquitto_passwords"))
-            record = rotation.Record.open(os.path.join(directory, rotation.RECORD))
+            if args["secret"] == "ca":
+                ca_dir = args["ca_dir"] or os.path.join(inventory_vars.get("edgefleet_secrets_dir") or "", "ca")
+                if not args["ca_dir"] and not inventory_vars.get("edgefleet_secrets_dir"):
+                    raise rotation.RotationError("set ca_dir (or edgefleet_secrets_dir, whose ca/ holds the site CA)")
+                if args["state"] == "prepared":
+                    result.update(changed=False, msg="the site_ca role makes the next CA (site_ca_next=true)")
+                    return result
+                pem = rotation.read_next_ca(ca_dir)
+                record = rotation.Record.open(rotation.ca_record_path(ca_dir))
+                result.update(ca_dir=ca_dir)
+            else:
+                rotation.check_rotatable(devices, directory, inventory_vars.get("mosquitto_passwords"))
+                record = rotation.Record.open(os.path.join(directory, rotation.RECORD))
         except rotation.RotationError as e:
             raise AnsibleActionFail("mqtt_rotation: %s" % e)
-        result.update(record=record.path, secrets_dir=directory)
+        result.update(record=record.path, secrets_dir=directory, secret=args["secret"])
         if args["state"] == "prepared":
             return self._prepare(args, devices, directory, result, check)
         if args["state"] == "retired":
+            if pem is not None:
+                return self._retire_ca(args, devices, ca_dir, pem, record, result, check)
             return self._retire(args, devices, directory, record, result, check)
         port = args["port"]
         if port is None:
@@ -102,7 +120,7 @@ class ActionModule(ActionBase):
         except fleetmqtt.FleetMqttError as e:
             raise AnsibleActionFail("mqtt_rotation: %s" % e)
         try:
-            return self._stage(session, args, devices, directory, record, port, result, check)
+            return self._stage(session, args, devices, directory, record, port, result, check, pem)
         except fleetmqtt.FleetMqttError as e:
             raise AnsibleActionFail("mqtt_rotation: %s" % e)
         finally:
@@ -143,14 +161,53 @@ class ActionModule(ActionBase):
                                                 % ", ".join(missed[:20])) if missed else "")
         return result
 
-    def _stage(self, session, args, devices, directory, record, port, result, check):
+    def _retire_ca(self, args, devices, ca_dir, pem, record, result, check):
+        """The next CA is promoted only when every device of the run proved it or is forced, and only for
+        the whole fleet: one server certificate serves them all."""
+        fleet = self._fleet
+        plan = rotation.plan_retire_ca(devices, pem, record, set(args["force"]))
+        result["devices"] = dict((d.id, d.as_dict()) for d in plan)
+        result["summary"] = rotation.summarize(plan)
+        missed = sorted(d.id for d in plan if d.state == rotation.MISSED)
+        forced = sorted(d.id for d in plan if d.state == rotation.FORCED)
+        result.update(missed=missed, forced=forced, retired=[])
+        outside = sorted(set(fleet) - set(devices))
+        if missed or outside:
+            result["changed"] = False
+            result["msg"] = ("the next CA is not promoted: %s. Nothing was changed; the main listeners keep the old "
+                             "CA's certificate" % "; ".join(
+                                 (["%d device(s) did not prove it (named in 'missed'): %s" % (
+                                     len(missed), ", ".join(missed[:20]))] if missed else [])
+                                 + (["the run leaves out %d device(s) of the fleet (--limit?): %s" % (
+                                     len(outside), ", ".join(outside[:20]))] if outside else [])))
+            return result
+        result["retired"] = sorted(d.id for d in plan)
+        result["changed"] = True
+        if self._task.diff:
+            result["diff"] = {"before": "main listeners: the current CA's certificate\n",
+                              "after": "main listeners: the next CA's certificate (next CA promoted)\n"}
+        if check:
+            result["msg"] = "would promote the next CA in %s" % ca_dir
+            return result
+        try:
+            result["previous"] = rotation.promote_ca(ca_dir, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+        except (rotation.RotationError, OSError) as e:
+            raise AnsibleActionFail("mqtt_rotation: %s" % e)
+        result["msg"] = ("promoted the next CA in %s (the old one is in %s): run the mosquitto role to serve the "
+                         "new CA's certificate on the main listeners" % (ca_dir, result["previous"]))
+        return result
+
+    def _stage(self, session, args, devices, directory, record, port, result, check, pem=None):
         started = time.monotonic()
         session.subscribe(["status", "cmd/ack"], timeout=args["connect_timeout"])
         statuses = {}
         for m in session.events():
             if m.channel == "status":
                 statuses[m.device_id] = rotation.decode(m.payload)
-        plan = rotation.plan_stage(devices, directory, record, statuses)
+        if pem is not None:
+            plan = rotation.plan_stage_ca(devices, pem, record, statuses)
+        else:
+            plan = rotation.plan_stage(devices, directory, record, statuses)
         to_send = [d for d in plan if d.state == rotation.SENT]
         result["port"] = port
         if check:
@@ -158,7 +215,10 @@ class ActionModule(ActionBase):
                 d.state = rotation.WOULD_SEND
             return self._report(plan, result, check=True)
         for d in to_send:
-            cmd = rotation.stage_command(d.id, directory, port)
+            if pem is not None:
+                cmd = rotation.stage_ca_command(pem, port)
+            else:
+                cmd = rotation.stage_command(d.id, directory, port)
             session.publish(d.id, "cmd", json.dumps(cmd, sort_keys=True))
             cmd = None
         session.flush(timeout=max(10.0, args["timeout"]))

@@ -108,7 +108,7 @@ def new_password(length, randbelow=None):
     if randbelow is None:
         import secrets
         randbelow = secrets.randbelow
-    return "".join(ALPHABET[randbelow(len(ALPHABET))] for _ in range(length))
+    return "".join(ALPHABET[randbelow(len(ALPHABET))] for _i in range(length))
 
 
 def check_rotatable(devices, directory, inventory_passwords):
@@ -289,3 +289,93 @@ def summarize(devices):
     for d in devices:
         counts[d.state] = counts.get(d.state, 0) + 1
     return counts
+
+
+# --- the site CA ------------------------------------------------------------------
+#
+# A CA rotation is one new CA for the whole fleet: the site_ca role makes it
+# in <ca dir>/next/ (ca.key, ca.crt, and the next listener's server
+# certificate), the mosquitto role serves that certificate on the next
+# listener. Every device gets the same rotate command with the new CA's PEM
+# and proves it by verifying the next listener with it. The record is
+# <ca dir>/next/rotation.json. Retirement promotes the next CA (the old one
+# moves to <ca dir>/previous/<time>/), after which the site_ca role reissues
+# the main listeners' certificate from it: only when every device of the
+# fleet proved it, or is forced (it cannot verify the broker any more and
+# needs a re-flash), because there is one server certificate for all.
+
+CA_NEXT = "next"
+CA_FILES = ("ca.key", "ca.crt")
+
+
+def ca_next_cert(ca_dir):
+    return os.path.join(ca_dir, CA_NEXT, "ca.crt")
+
+
+def read_next_ca(ca_dir):
+    path = ca_next_cert(ca_dir)
+    try:
+        pem = read_secret(path) + "\n"
+    except (IOError, OSError) as e:
+        raise RotationError("no next CA at %s (%s): the site_ca role makes it with site_ca_next=true, as "
+                            "playbooks/rotate.yml does with rotate_secret=ca" % (path, e.strerror or e))
+    if pem.count("-----BEGIN CERTIFICATE-----") != 1:
+        raise RotationError("%s must hold exactly one PEM certificate" % path)
+    return pem
+
+
+def ca_command_id(pem):
+    return contract.check_command_id("rotate-ca-" + hashlib.sha256(pem.encode()).hexdigest()[:16])
+
+
+def ca_record_path(ca_dir):
+    return os.path.join(ca_dir, CA_NEXT, RECORD)
+
+
+def plan_stage_ca(devices, pem, record, statuses):
+    cmd_id = ca_command_id(pem)
+    out = []
+    for d in devices:
+        if record.proven(d, cmd_id):
+            out.append(Device(d, SKIPPED, "proven in an earlier run", cmd_id))
+        elif not (isinstance(statuses.get(d), dict) and statuses[d].get("online") is True):
+            out.append(Device(d, OFFLINE, "offline: not sent (run again when it is online)", cmd_id))
+        else:
+            out.append(Device(d, SENT, None, cmd_id))
+    return out
+
+
+def stage_ca_command(pem, port):
+    return rotatecmd.rotate_command(ca_command_id(pem), port, ca=pem)
+
+
+def plan_retire_ca(devices, pem, record, force=()):
+    cmd_id = ca_command_id(pem)
+    out = []
+    for d in devices:
+        if record.proven(d, cmd_id):
+            out.append(Device(d, RETIRED, "proved the next CA", cmd_id))
+        elif d in force:
+            out.append(Device(d, FORCED, "retired without proof (force): the device cannot verify the broker "
+                                         "until it is re-flashed", cmd_id))
+        else:
+            out.append(Device(d, MISSED, "did not prove the next CA: the main listeners keep the old CA's "
+                                         "certificate until it does (run the rotation again, or force it)", cmd_id))
+    return out
+
+
+def promote_ca(ca_dir, stamp):
+    """next/ca.* become the CA; the old CA and the next directory's rest
+    (its server certificates, the record) go to previous/<stamp>/."""
+    nxt = os.path.join(ca_dir, CA_NEXT)
+    for name in CA_FILES:
+        if not os.path.isfile(os.path.join(nxt, name)):
+            raise RotationError("%s has no %s: nothing to promote" % (nxt, name))
+    previous = os.path.join(ca_dir, "previous", stamp)
+    os.makedirs(previous, mode=0o700)
+    for name in CA_FILES:
+        if os.path.exists(os.path.join(ca_dir, name)):
+            os.replace(os.path.join(ca_dir, name), os.path.join(previous, name))
+        os.replace(os.path.join(nxt, name), os.path.join(ca_dir, name))
+    os.replace(nxt, os.path.join(previous, CA_NEXT))
+    return previous

@@ -40,6 +40,23 @@ options:
     type: str
     required: true
     choices: [prepared, staged, retired]
+  secret:
+    description:
+      - "C(password): each device's own MQTT password (files C(<user>.next) in I(secrets_dir))."
+      - "C(ca): the site CA, for the whole fleet. The site_ca role makes the next CA in C(<ca_dir>/next/)
+        (C(site_ca_next=true)) and the mosquitto role serves its server certificate on the next listener. C(staged)
+        sends every device the next CA's certificate; a device proves it by verifying the next listener with it
+        (it keeps trusting the old CA on the main listeners meanwhile). C(retired) promotes the next CA (the old
+        one moves to C(<ca_dir>/previous/<time>/)) only when every device of the fleet (C(mosquitto_fleet_group))
+        proved it or is in I(force), and the run covers the whole fleet; otherwise nothing changes and the result
+        names the devices. Then the site_ca role reissues the main listeners' certificate from the new CA, and a
+        device that connects with it drops the old CA. C(prepared) does nothing for C(ca)."
+    type: str
+    default: password
+    choices: [password, ca]
+  ca_dir:
+    description: The site CA's directory (C(secret=ca)). Default C(<edgefleet_secrets_dir>/ca).
+    type: path
   devices:
     description:
       - Device ids (inventory host names). Default the play's hosts (C(ansible_play_hosts)).
@@ -140,6 +157,18 @@ port:
   description: The next listener's port sent to the devices.
   returned: state=staged
   type: int
+previous:
+  description: Where the old CA went (C(secret=ca), C(state=retired), when it was promoted).
+  returned: when the next CA was promoted
+  type: str
+secret:
+  description: What was rotated (password or ca).
+  returned: except state=prepared with secret=ca
+  type: str
+ca_dir:
+  description: The site CA's directory.
+  returned: secret=ca, except state=prepared
+  type: str
 record:
   description: The rotation record (C(rotation.json)).
   returned: always

@@ -194,3 +194,127 @@ def test_an_unusable_new_password_never_locks_the_device_out(site):
             await site.sims[a].stop()
 
     asyncio.run(scenario())
+
+
+# --- the site CA ------------------------------------------------------------------------
+
+class TlsSite(Site):
+    """The devices on the broker's TLS listener, trusting the old CA; the
+    next listener presents a certificate of the next CA (what the site_ca
+    role, site_ca_next=true, and the mosquitto role set up), or of *stranger*."""
+
+    def __init__(self, tmp_path, stranger=False):
+        import tlsca
+
+        self.tmp = tmp_path
+        self.old = tlsca.make_ca_and_server(tmp_path / "old-ca")
+        self.new = tlsca.make_ca_and_server(tmp_path / "next-ca")
+        self.other = tlsca.make_ca_and_server(tmp_path / "other-ca")
+        self.ca_dir = tmp_path / "secrets" / "ca"
+        (self.ca_dir / "next").mkdir(parents=True)
+        for where, m in ((self.ca_dir, self.old), (self.ca_dir / "next", self.new)):  # the site_ca role's layout
+            (where / "ca.crt").write_bytes(m["ca"].read_bytes())
+            (where / "ca.key").write_text("stands in for the CA key: the plugin only moves it\n")
+        self.secrets = tmp_path / "secrets" / "mqtt"
+        self.secrets.mkdir(parents=True)
+        users = dict(SERVICE, **{d: f"pw-{d}" for d in IDS})
+        self.broker = RoleBroker(tmp_path / "broker", SITE, users, tls=self.old,
+                                 rotation_tls=self.other if stranger else self.new).start()
+        self.inv = write_inventory(tmp_path / "inv", self.broker, SPECS[:2],
+                                   group_vars={"fleet": {"mosquitto_rotation_port": self.broker.rotation_port}})
+        key = testkeys.site_key(tmp_path / "secrets")
+        self.sims = {}
+        for device_id, kind, mac in SPECS[:2]:
+            root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
+                                   {"host": "127.0.0.1", "port": self.broker.tls_port, "keepalive": 30, "tls": True},
+                                   users[device_id], ca_file=str(self.old["ca"]),
+                                   initial_config=fleet.kind_config(kind, mac), settings={"watchdog_s": 0},
+                                   signing_key=key.public)
+            self.sims[device_id] = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
+        self.ctl = watcher(self.broker, "controller", f"site/{SITE}/#")
+
+    def restart_broker(self, tls, rotation_tls):
+        self.broker.stop()
+        self.broker.tls, self.broker.rotation_tls = tls, rotation_tls
+        self.broker.start()
+        self.ctl.close()
+        self.ctl = watcher(self.broker, "controller", f"site/{SITE}/#")
+
+    def board_file(self, device, name):
+        with open(self.sims[device].board.fs.path(name), "rb") as f:
+            return f.read()
+
+    def play(self, tags, *extra):
+        return run_playbook("rotate.yml", self.inv, "--tags", tags, "-e", "rotate_confirm=true", "-e",
+                            "rotate_secret=ca", "-e", "rotate_timeout=15", *extra)
+
+
+@pytest.fixture
+def tls_site(tmp_path):
+    s = TlsSite(tmp_path, stranger=True)
+    yield s
+    s.close()
+
+
+def _fresh_online(site, device, timeout=30):
+    async def wait():
+        from waits import until
+        await until(lambda: any(m.topic.endswith(f"/{device}/status") and not m.retain
+                                and json.loads(m.payload).get("online") for m in site.ctl.messages()),
+                    timeout, f"{device} online on the main listener")
+    return wait()
+
+
+def test_ca_rotation_proven_on_the_next_listener_never_locks_out_and_promotes_only_with_every_device(tls_site):
+    site = tls_site
+    a, b = IDS[:2]
+    old_ca, new_ca = site.old["ca"].read_bytes(), site.new["ca"].read_bytes()
+
+    async def scenario():
+        site.sims[a].start()
+        try:
+            await online(site.ctl, a, 1, timeout=20)
+            # the next listener presents a certificate the new CA did not sign: the proof fails, the device stays
+            play = await site.play("stage,retire")
+            r = play.task("Send each device its next password")["devices"][a]
+            assert r["result"] == "rejected" and "did not work on port" in r["detail"], r
+            await online(site.ctl, a, 2, timeout=30)  # back on the main listener, verified with the old CA
+            assert site.board_file(a, "ca.crt") == old_ca
+            assert (site.ca_dir / "ca.crt").read_bytes() == old_ca  # nothing promoted
+
+            # the next listener as the roles set it up: the next CA's certificate
+            site.restart_broker(site.old, site.new)
+            await _fresh_online(site, a)
+            play = await site.play("stage,retire")
+            stage = play.task("Send each device its next password")
+            assert stage["devices"][a]["result"] == "proven" and stage["devices"][b]["result"] == "offline", stage
+            retire = play.task("Retire the old password")
+            assert retire["missed"] == [b] and retire["changed"] is False and "not promoted" in retire["msg"]
+            assert (site.ca_dir / "ca.crt").read_bytes() == old_ca, "promoted while a device had not proved it"
+
+            site.sims[b].start()
+            await online(site.ctl, b, 1, timeout=20)
+            play = await site.play("stage,retire")
+            assert play.returncode == 0, play
+            stage = play.task("Send each device its next password")
+            assert stage["devices"][a]["result"] == "skipped" and stage["devices"][b]["result"] == "proven"
+            retire = play.task("Retire the old password")
+            assert retire["retired"] == sorted([a, b]) and retire["changed"] is True
+            assert (site.ca_dir / "ca.crt").read_bytes() == new_ca and not (site.ca_dir / "next").exists()
+            assert (site.ca_dir / "previous").is_dir()
+            for d in (a, b):
+                assert site.board_file(d, "ca.crt") == old_ca  # still trusts the old CA: the main listener has it
+
+            # retirement reaches the broker: the main listeners' certificate is the new CA's
+            site.restart_broker(site.new, site.new)
+            for d in (a, b):
+                await _fresh_online(site, d)
+            await asyncio.sleep(0.5)
+        finally:
+            await asyncio.gather(*(s.stop() for s in site.sims.values()))
+        for d in (a, b):
+            assert site.board_file(d, "ca.crt") == new_ca, "the old CA is still on the device"
+            state = site.device_file(d)
+            assert state["cur"]["ca"] == "ca.crt" and "next" not in state, state
+
+    asyncio.run(scenario())

@@ -46,8 +46,9 @@ class RoleBroker(Broker):
     same across stop()/start(), and so does the persistence directory: a
     restart is a real restart of the same broker."""
 
-    def __init__(self, workdir, site, users, overrides=None, tls=None, stock=False):
+    def __init__(self, workdir, site, users, overrides=None, tls=None, stock=False, rotation_tls=None):
         super().__init__(workdir, users=users, tls=tls)
+        self.rotation_tls = rotation_tls or tls  # the next listener's TLS material (a CA rotation's next CA)
         self.site = site
         self.stock = stock
         services = [u["name"] for u in role_context(site, [])["mosquitto_service_users"]]
@@ -80,6 +81,9 @@ class RoleBroker(Broker):
             if self.tls:
                 path_map.update({ctx["_mosquitto_ca"]: self.tls["ca"], ctx["_mosquitto_cert"]: self.tls["cert"],
                                  ctx["_mosquitto_key"]: self.tls["key"]})
+                nxt = self.rotation_tls
+                path_map.update({ctx["_mosquitto_rotation_ca"]: nxt["ca"], ctx["_mosquitto_rotation_cert"]: nxt["cert"],
+                                 ctx["_mosquitto_rotation_key"]: nxt["key"]})
             lines, _ = checker.rewrite(render_conf(self.site, self.devices, self.overrides).splitlines(), path_map,
                                        str(self.persistence), port_source=lambda: next(ports))
             lines = ["user root" if line.startswith("user ") else line for line in lines if line != "log_dest stderr"]
