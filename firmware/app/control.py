@@ -21,28 +21,20 @@ async def connect(dev):
     broker = dev.settings["broker"]
     await board.wifi_connect()
     will = (dev.topic("status"), json.dumps({"online": False}).encode(), 1, True)
-    sets = [{"password": dev.settings["password"], "ca": broker.get("ca", "ca.crt")}]
     rotating = dev.fs.exists("rotation.json")
-    if rotating:  # a rotation: the new secret first, then the older ones (rotate.py)
+    if rotating:  # the new secret first, then the older ones (rotate.py)
         import rotate
 
-        sets = rotate.credentials(dev)
+        client = await rotate.connect(dev, will)
         dev.release_modules("rotate")
-    for i, creds in enumerate(sets):
+    else:
         client = mqtt.Client(dev.id, broker["host"], broker.get("port", 1883), user=dev.id,
-                             password=creds["password"], keepalive=broker.get("keepalive", 60), will=will,
-                             ssl=board.ssl_context(dict(broker, ca=creds["ca"])) if broker.get("tls") else None,
+                             password=dev.settings["password"], keepalive=broker.get("keepalive", 60), will=will,
+                             ssl=board.ssl_context(broker) if broker.get("tls") else None,
                              on_message=dev.on_message, timeout_s=broker.get("timeout_s", 10),
                              max_packet_size=broker.get("max_packet_size", mqtt.MAX_PACKET_SIZE))
         dev.client = client
-        try:
-            await client.connect()
-            break
-        except Exception:
-            if i + 1 == len(sets):
-                raise
-            client.abort()  # refused (not authorised, TLS): the next set
-    dev.creds = creds
+        await client.connect()
     dev.connects += 1
     # subscribe first: a retained status online=true then means that
     # this device takes cfg and cmd (the retained cfg arrives now)
@@ -56,7 +48,7 @@ async def connect(dev):
     if rotating:  # settled before the status says online
         import rotate
 
-        await rotate.connected(dev, creds)
+        await rotate.connected(dev)
         dev.release_modules("rotate")
     await dev.publish_json("status", dev.status_payload(), retain=True)
     await self_test(dev)

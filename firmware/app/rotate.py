@@ -58,10 +58,35 @@ def credentials(dev):
     return out
 
 
-async def connected(dev, used):
-    """After a connect to the main listener with the set *used*: keep it
+async def connect(dev, will):
+    """Connect to the main listener with the first set it accepts (a
+    refusal, "not authorised" or a TLS failure, moves on to the next set)."""
+    import mqtt
+
+    broker = dev.settings["broker"]
+    sets = credentials(dev)
+    for i, creds in enumerate(sets):
+        client = mqtt.Client(dev.id, broker["host"], broker.get("port", 1883), user=dev.id,
+                             password=creds["password"], keepalive=broker.get("keepalive", 60), will=will,
+                             ssl=dev.board.ssl_context(dict(broker, ca=creds["ca"])) if broker.get("tls") else None,
+                             on_message=dev.on_message, timeout_s=broker.get("timeout_s", 10),
+                             max_packet_size=broker.get("max_packet_size", mqtt.MAX_PACKET_SIZE))
+        dev.client = client
+        try:
+            await client.connect()
+            dev.creds = creds
+            return client
+        except Exception:
+            if i + 1 == len(sets):
+                raise
+            client.abort()
+
+
+async def connected(dev):
+    """After a connect to the main listener with the set dev.creds: keep it
     (the old one goes once the next one works there), and send a pending
     answer."""
+    used = dev.creds
     state = load(dev)
     changed = False
     if used == state.get("next"):
