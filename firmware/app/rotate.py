@@ -109,8 +109,10 @@ async def connected(dev):
     if answer is not None:
         await dev.publish_json("cmd/ack", answer)
         changed = True
-    if changed:
+    if changed and state:
         bootsel.write_json(dev.fs, FILE, state)
+    elif changed:
+        dev.fs.remove(FILE)  # nothing left (a rejection answered): connects are plain again
 
 
 async def stage(dev, cmd_id, cmd):

@@ -12,6 +12,7 @@ Every wait has a deadline."""
 
 import asyncio
 import json
+import os
 
 import pytest
 
@@ -120,6 +121,11 @@ def test_rotation_end_to_end_and_a_device_that_missed_it_keeps_its_old_password(
             await asyncio.sleep(0.3)
             assert site.login(a, new[a], site.broker.rotation_port) and not site.login(a, new[a])
 
+            dry = await site.play("stage,retire", "--check")  # what it would send and retire: nothing happens
+            assert dry.task("Send each device its next password")["would_send"] == sorted([a, b]), dry
+            assert dry.task("Retire the old password")["retired"] == []  # nobody proved anything yet
+            assert await _acks(site, a) == [] and site.secret(a) == old[a]
+
             play = await site.play("stage,retire")
             assert play.returncode != 0, play  # the last task names the device that missed it
             stage = play.task("Send each device its next password")
@@ -188,7 +194,8 @@ def test_an_unusable_new_password_never_locks_the_device_out(site):
             assert play.task("Retire the old password")["missed"] == [a]
             assert site.secret(a) == old
             await online(site.ctl, a, 2, timeout=30)  # back on the main listener with the old password
-            assert "next" not in site.device_file(a)
+            # the rejection answered, nothing is left of the rotation on the device
+            assert not os.path.exists(site.sims[a].board.fs.path("rotation.json"))
             assert site.login(a, old)
         finally:
             await site.sims[a].stop()
