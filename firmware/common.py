@@ -30,7 +30,7 @@ CONTRACT_DIR = os.path.join(ROOT, "plugins", "module_utils")
 # the device contract: the plugins/module_utils files that the device runs
 # (each one's docstring starts with "Device contract:"); every other file
 # there is controller-only ("Controller only:"). docs/architecture.md, section 2.
-CONTRACT_MODULES = ("contract", "devconfig", "identity")
+CONTRACT_MODULES = ("contract", "devconfig", "identity", "rotatecmd")
 
 # kind: (energy meters, i.e. phases; temperature zones; rated current per
 # phase in A, for the simulated signals; setpoint in C or None)

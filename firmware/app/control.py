@@ -24,13 +24,19 @@ async def connect(dev):
     will = (dev.topic("status"), b'{"online": false, "reason": "connection_lost"}', 1, True)
     # a persistent session (client id = device id): QoS 1 commands sent while
     # the device is away are queued by the broker and delivered at the next connect
-    client = mqtt.Client(dev.id, broker["host"], broker.get("port", 1883), user=dev.id,
-                         password=dev.settings["password"], keepalive=broker.get("keepalive", 60), will=will,
-                         ssl=board.ssl_context(broker) if broker.get("tls") else None,
-                         on_message=dev.on_message, timeout_s=broker.get("timeout_s", 10),
-                         max_packet_size=broker.get("max_packet_size", mqtt.MAX_PACKET_SIZE), clean=False)
-    dev.client = client
-    await client.connect()
+    if dev.fs.exists("rotation.json"):  # the new secret first, then the older ones (rotate.py)
+        import rotate
+
+        client = await rotate.connect(dev, will)
+        dev.release_modules("rotate")
+    else:
+        client = mqtt.Client(dev.id, broker["host"], broker.get("port", 1883), user=dev.id,
+                             password=dev.settings["password"], keepalive=broker.get("keepalive", 60), will=will,
+                             ssl=board.ssl_context(broker) if broker.get("tls") else None,
+                             on_message=dev.on_message, timeout_s=broker.get("timeout_s", 10),
+                             max_packet_size=broker.get("max_packet_size", mqtt.MAX_PACKET_SIZE), clean=False)
+        dev.client = client
+        await client.connect()
     dev.connects += 1
     # subscribe first: a retained status online=true then means that
     # this device takes cfg and cmd (the retained cfg arrives now)
@@ -41,6 +47,11 @@ async def connect(dev):
         import supervisor
 
         supervisor.clear_crash(dev.fs)  # reported (and kept in this boot's announce)
+    if rotating:  # settled before the status says online
+        import rotate
+
+        await rotate.connected(dev)
+        dev.release_modules("rotate")
     await dev.publish_json("status", dev.status_payload(), retain=True)
     await self_test(dev)
 
@@ -204,6 +215,14 @@ async def cmd(dev, payload):
         dev.release_modules("otasig")
         await dev.publish_json("cmd/ack", contract.cmd_ack(cmd_id, name, "rejected" if refused else "accepted",
                                                            refused))
+        return None
+    if name == "rotate":
+        import rotate
+
+        refused = await rotate.stage(dev, cmd_id, command)  # answers itself, from the proving session
+        dev.release_modules("rotate")
+        if refused:
+            await dev.publish_json("cmd/ack", contract.cmd_ack(cmd_id, name, "rejected", refused))
         return None
     # reboot
     try:

@@ -45,7 +45,10 @@ SENSOR_READ_DEADLINE_S = 30  # a sensor read that takes longer means a wedged bu
 # and the contract at boot, the config schema and control for a cfg, a
 # command or the self-test after a connect, ota, otasig, p256 (the signature
 # check), httpget and otaend (its outcome) for an update, sntp for a time query, metricstext for a
-# scrape.
+# scrape. Rarer still, and not in RARE (whose names are interned at every
+# boot, for good): rotate and rotatecmd, imported only for a rotation of the
+# MQTT secrets (the command, and a connect while rotation.json exists, the
+# first of which follows the boot) and released after it by control.
 RARE = ("identity", "contract", "devconfig", "control", "ota", "otaend", "otasig", "p256", "httpget", "sntp",
         "metricstext")
 MICROPYTHON = sys.implementation.name == "micropython"

@@ -18,7 +18,7 @@ DEVICE_READS = ("cfg", "cmd")
 RETAINED = ("status", "announce", "cfg")
 CHANNELS = DEVICE_WRITES + DEVICE_READS
 
-COMMANDS = ("ota", "reboot", "signing_key")
+COMMANDS = ("ota", "reboot", "signing_key", "rotate")
 CMD_RESULTS = ("accepted", "rejected")
 # Machine-readable reasons of a refusal on cmd/ack (besides the text in
 # "detail"): the command's ``expires`` had passed; it carried ``expires`` but

@@ -489,3 +489,42 @@ def test_a_download_cut_by_a_broker_restart_is_reported_failed_after_the_reconne
     boot = json.loads(d.files()["boot.json"])
     assert boot["active"] == "a" and boot["last"]["result"] == "failed" and boot["last"]["reported"] is True
 
+
+def test_a_password_rotation_is_proven_on_another_listener_and_never_locks_the_device_out(site, broker):
+    """rotate (rotate.py) on MicroPython: the device proves the new password
+    by connecting to the port the command names and answers there; a
+    password that listener refuses is answered rejected from the old
+    session. Here the next listener is a second Mosquitto that knows only the
+    new password (the role's own next listener, on the same broker, is
+    tests/integration/test_mqtt_rotation.py's); the retirement is the first
+    broker restarted with the new password."""
+    nxt = broker(users={DEVICE_ID: "new-pw", "controller": "ctl-pw"}, acl=render_acl(SITE, [DEVICE_ID]))
+    there = Paho(nxt.port, user="controller", password="ctl-pw").connect_ok()
+    site.clients.append(there)
+    assert there.subscribe(topic("cmd/ack"), 1) == [1]
+    ctl = site.watch("controller")
+    d = site.device().start()
+    wait_online(ctl, d)
+    ctl.publish(topic("cmd"), json.dumps({"id": "r-bad", "cmd": "rotate", "port": nxt.port, "password": "wrong-pw"}))
+    wait_until(lambda: payloads(ctl, "cmd/ack"), 20, f"the rejection; device output:\n{d.output()[-2000:]}")
+    [ack] = payloads(ctl, "cmd/ack")
+    assert ack["id"] == "r-bad" and ack["result"] == "rejected" and f"port {nxt.port}" in ack["detail"], ack
+    assert "wrong-pw" not in ack["detail"]
+    ctl.publish(topic("cmd"), json.dumps({"id": "r-1", "cmd": "rotate", "port": nxt.port, "password": "new-pw"}))
+    wait_until(lambda: [m for m in there.messages() if m.topic == topic("cmd/ack")], 20,
+               f"the proof from the next listener; device output:\n{d.output()[-2000:]}")
+    proof = json.loads(there.messages()[-1].payload)
+    assert proof["id"] == "r-1" and proof["result"] == "accepted", proof
+    wait_online(ctl, d, 3, timeout=20)  # back on the first broker, which refuses new-pw: with the old password
+    assert json.loads(d.files()["rotation.json"])["next"]["password"] == "new-pw"
+    # retirement: the main broker now knows only the new password
+    site.broker.users[DEVICE_ID] = "new-pw"
+    site.broker.stop()
+    site.broker.start()
+    after = site.watch("controller")
+    wait_until(lambda: any(m.topic == topic("status") and not m.retain and json.loads(m.payload).get("online")
+                           for m in after.messages()), 30,
+               f"a fresh online status; device output:\n{d.output()[-2000:]}")
+    d.kill()
+    state = json.loads(d.files()["rotation.json"])
+    assert state["cur"]["password"] == "new-pw" and "next" not in state, state

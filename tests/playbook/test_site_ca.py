@@ -190,3 +190,35 @@ def test_a_missing_or_bad_device_facing_address_is_refused_before_anything(site,
     assert why in run.stdout, run.stdout[-3000:]
     assert "Nothing was changed" in run.stdout
     assert not site.secrets.exists(), "something was created before the check"
+
+
+def test_a_next_ca_on_request_kept_until_promoted_then_the_server_certificate_is_reissued_from_it(site):
+    """A CA rotation's files: site_ca_next=true makes <ca>/next/ (a CA of its
+    own and the next listener's certificate, with this host's server key);
+    later runs keep it without the flag; after the rotation promotes it
+    (rotation.promote_ca, as edgefleet.site.mqtt_rotation does), the next run
+    reissues the main server certificate from the new CA."""
+    import rotation
+
+    site.play()
+    old_ca = site.cert(site.ca / "ca.crt")
+    assert not (site.ca / "next").exists()  # never without the request
+    site.play("-e", "site_ca_next=true")
+    nxt = site.ca / "next"
+    next_ca = site.cert(nxt / "ca.crt")
+    next_server = site.cert(nxt / "servers" / "ctl01.crt")
+    assert public_bytes(next_ca) != public_bytes(old_ca)
+    assert next_server.issuer == next_ca.subject and public_bytes(next_server) == key_public_bytes(site.server_key)
+    next_ca.public_key().verify(next_server.signature, next_server.tbs_certificate_bytes,
+                                __import__("cryptography.hazmat.primitives.asymmetric.ec", fromlist=["ECDSA"]).ECDSA(
+                                    next_server.signature_hash_algorithm))
+    again = site.play()  # without the flag: kept as it is
+    assert site.changed(again) == 0, again.stdout[-3000:]
+    assert (nxt / "ca.crt").read_bytes() == next_ca.public_bytes(serialization.Encoding.PEM)
+    rotation.promote_ca(str(site.ca), "20260101T000000Z")
+    run = site.play()
+    assert "another CA signed it" in run.stdout
+    assert site.cert(site.ca / "ca.crt").subject == next_ca.subject
+    assert site.cert().issuer == next_ca.subject
+    assert not (site.ca / "next").exists()
+    assert (site.ca / "previous" / "20260101T000000Z" / "ca.crt").exists()

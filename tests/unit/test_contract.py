@@ -107,7 +107,7 @@ def test_ota_command_round_trip():
 
 
 @pytest.mark.parametrize("cmd,reason,cmd_id", [
-    ({"id": "c1", "cmd": "selfdestruct"}, "unknown command 'selfdestruct' (known: ota, reboot, signing_key)", "c1"),
+    ({"id": "c1", "cmd": "selfdestruct"}, "unknown command 'selfdestruct' (known: ota, reboot, signing_key, rotate)", "c1"),
     ({"cmd": "reboot"}, "command id must be a string", None),
     (["reboot"], "must be a JSON object", None),
     ({"id": "x" * 65, "cmd": "reboot"}, "command id", None),

@@ -21,10 +21,11 @@ benchmarks can show the role's tuning as a ratio."""
 import importlib.machinery
 import importlib.util
 import resource
+import signal
 import subprocess
 
 import procstat
-from broker import MOSQUITTO, Broker
+from broker import MOSQUITTO, Broker, free_port
 from edgefleet import mosquitto_passwd_hash
 from roleacl import ROLE, render_acl, render_conf, role_context
 
@@ -45,8 +46,9 @@ class RoleBroker(Broker):
     same across stop()/start(), and so does the persistence directory: a
     restart is a real restart of the same broker."""
 
-    def __init__(self, workdir, site, users, overrides=None, tls=None, stock=False):
+    def __init__(self, workdir, site, users, overrides=None, tls=None, stock=False, rotation_tls=None):
         super().__init__(workdir, users=users, tls=tls)
+        self.rotation_tls = rotation_tls or tls  # the next listener's TLS material (a CA rotation's next CA)
         self.site = site
         self.stock = stock
         services = [u["name"] for u in role_context(site, [])["mosquitto_service_users"]]
@@ -58,6 +60,9 @@ class RoleBroker(Broker):
         self.persistence = self.dir / "persistence"
         self.persistence.mkdir(exist_ok=True)
         self.nofile = SYSTEMD_DEFAULT_NOFILE if stock else int(self.context["mosquitto_limit_nofile"])
+        # the next listener (rotations): its own password file, {user: password} on top of users
+        self.rotation_port = free_port() if str(self.context.get("mosquitto_rotation_enabled")) == "True" else None
+        self.next_passwords = {}
 
     def _write_config(self):
         ctx = self.context
@@ -69,11 +74,16 @@ class RoleBroker(Broker):
             lines = ["user root", f"listener {self.port} 127.0.0.1", "allow_anonymous false", f"password_file {pw}",
                      f"acl_file {acl}", "persistence true", f"persistence_location {self.persistence}/"]
         else:
-            ports = iter([self.port, self.tls_port])
-            path_map = {ctx["_mosquitto_passwd"]: str(pw), ctx["_mosquitto_acl"]: str(acl)}
+            ports = iter([self.port] + ([self.tls_port] if self.tls else []) + [self.rotation_port])
+            self._write_next()
+            path_map = {ctx["_mosquitto_passwd"]: str(pw), ctx["_mosquitto_acl"]: str(acl),
+                        ctx["_mosquitto_passwd_next"]: str(self.dir / "passwd-next")}
             if self.tls:
                 path_map.update({ctx["_mosquitto_ca"]: self.tls["ca"], ctx["_mosquitto_cert"]: self.tls["cert"],
                                  ctx["_mosquitto_key"]: self.tls["key"]})
+                nxt = self.rotation_tls
+                path_map.update({ctx["_mosquitto_rotation_ca"]: nxt["ca"], ctx["_mosquitto_rotation_cert"]: nxt["cert"],
+                                 ctx["_mosquitto_rotation_key"]: nxt["key"]})
             lines, _ = checker.rewrite(render_conf(self.site, self.devices, self.overrides).splitlines(), path_map,
                                        str(self.persistence), port_source=lambda: next(ports))
             lines = ["user root" if line.startswith("user ") else line for line in lines if line != "log_dest stderr"]
@@ -81,6 +91,24 @@ class RoleBroker(Broker):
         conf = self.dir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf
+
+    def _hashed(self, users):
+        n = self.context["mosquitto_password_iterations"]
+        return "".join(f"{u}:{mosquitto_passwd_hash(p, u, 'test', n)}\n" for u, p in users.items())
+
+    def _write_next(self):
+        (self.dir / "passwd-next").write_text(self._hashed(dict(self.users, **self.next_passwords)))
+
+    def reload_passwords(self, users=None, next_passwords=None):
+        """New password files (current, next listener's), then SIGHUP: what
+        the role's reload does after a password change."""
+        if users is not None:
+            self.users = dict(users)
+        if next_passwords is not None:
+            self.next_passwords = dict(next_passwords)
+        (self.dir / "passwd").write_text(self._hashed(self.users))
+        self._write_next()
+        self.proc.send_signal(signal.SIGHUP)
 
     def _popen(self, conf):
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
