@@ -24,7 +24,8 @@ async def connect(dev):
     will = (dev.topic("status"), b'{"online": false, "reason": "connection_lost"}', 1, True)
     # a persistent session (client id = device id): QoS 1 commands sent while
     # the device is away are queued by the broker and delivered at the next connect
-    if dev.fs.exists("rotation.json"):  # the new secret first, then the older ones (rotate.py)
+    rotating = dev.fs.exists("rotation.json")
+    if rotating:  # the new secret first, then the older ones (rotate.py)
         import rotate
 
         client = await rotate.connect(dev, will)
