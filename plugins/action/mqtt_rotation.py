@@ -216,9 +216,9 @@ class ActionModule(ActionBase):
             return self._report(plan, result, check=True)
         for d in to_send:
             if pem is not None:
-                cmd = rotation.stage_ca_command(pem, port)
+                cmd = rotation.stage_ca_command(pem, port, time.time(), args["timeout"])
             else:
-                cmd = rotation.stage_command(d.id, directory, port)
+                cmd = rotation.stage_command(d.id, directory, port, time.time(), args["timeout"])
             session.publish(d.id, "cmd", json.dumps(cmd, sort_keys=True))
             cmd = None
         session.flush(timeout=max(10.0, args["timeout"]))

@@ -39,8 +39,9 @@ import string
 import tempfile
 
 try:
-    from ansible_collections.edgefleet.site.plugins.module_utils import contract, rotatecmd
+    from ansible_collections.edgefleet.site.plugins.module_utils import commands, contract, rotatecmd
 except ImportError:  # tests import it from plugins/module_utils directly
+    import commands
     import contract
     import rotatecmd
 
@@ -240,10 +241,14 @@ def plan_stage(devices, directory, record, statuses):
     return out
 
 
-def stage_command(device, directory, port):
-    """The rotate command for *device* (it carries the next password)."""
+def stage_command(device, directory, port, now, ttl_s):
+    """The rotate command for *device* (it carries the next password),
+    expiring *ttl_s* after *now* (wall clock, s): the phase waits that long
+    for the proof; a device that gets it later refuses it, and a rerun sends
+    it again."""
     password = read_secret(next_path(directory, device))
-    return rotatecmd.rotate_command(command_id(device, password), port, password=password)
+    return commands.with_expiry(rotatecmd.rotate_command(command_id(device, password), port, password=password),
+                                now, ttl_s)
 
 
 def plan_retire(devices, directory, record, force=()):
@@ -345,8 +350,9 @@ def plan_stage_ca(devices, pem, record, statuses):
     return out
 
 
-def stage_ca_command(pem, port):
-    return rotatecmd.rotate_command(ca_command_id(pem), port, ca=pem)
+def stage_ca_command(pem, port, now, ttl_s):
+    """The rotate command of the next CA, expiring as stage_command's."""
+    return commands.with_expiry(rotatecmd.rotate_command(ca_command_id(pem), port, ca=pem), now, ttl_s)
 
 
 def plan_retire_ca(devices, pem, record, force=()):

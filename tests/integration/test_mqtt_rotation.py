@@ -16,6 +16,7 @@ import os
 
 import pytest
 
+from firmware import common
 from firmware.sim import fleet
 from fleetplay import run_playbook, write_inventory
 from mqttc import Client as Paho
@@ -43,7 +44,7 @@ class Site:
         for device_id, kind, mac in SPECS:
             root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                    {"host": "127.0.0.1", "port": self.broker.port, "keepalive": 30}, users[device_id],
-                                   initial_config=fleet.kind_config(kind, mac), settings={"watchdog_s": 0},
+                                   initial_config=common.kind_config(kind, mac), settings={"watchdog_s": 0},
                                    signing_key=key.public)
             self.sims[device_id] = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
         self.ctl = watcher(self.broker, "controller", f"site/{SITE}/#")
@@ -235,7 +236,7 @@ class TlsSite(Site):
             root = fleet.provision(str(tmp_path / "sim"), device_id, kind, mac, SITE,
                                    {"host": "127.0.0.1", "port": self.broker.tls_port, "keepalive": 30, "tls": True},
                                    users[device_id], ca_file=str(self.old["ca"]),
-                                   initial_config=fleet.kind_config(kind, mac), settings={"watchdog_s": 0},
+                                   initial_config=common.kind_config(kind, mac), settings={"watchdog_s": 0},
                                    signing_key=key.public)
             self.sims[device_id] = fleet.SimDevice(root, bytes.fromhex(mac.replace(":", "")), kind, time_scale=0.02)
         self.ctl = watcher(self.broker, "controller", f"site/{SITE}/#")

@@ -47,8 +47,11 @@ def test_inventory_passwords_and_unknown_devices_are_refused_before_anything(sec
 def test_the_command_carries_the_next_password_and_an_id_that_does_not_reveal_it(secrets):
     rotation.prepare([DEV], str(secrets), 32)
     pw = (secrets / (DEV + ".next")).read_text().strip()
-    cmd = rotation.stage_command(DEV, str(secrets), 8884)
+    cmd = rotation.stage_command(DEV, str(secrets), 8884, 1_800_000_000.5, 30)
     assert cmd["cmd"] == "rotate" and cmd["password"] == pw and cmd["port"] == 8884
+    assert cmd["expires"] == 1_800_000_031  # the phase's wait, rounded up: a late device refuses it
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"  # the command checks the PEM header only
+    assert rotation.stage_ca_command(pem, 8884, 1_800_000_000, 30)["expires"] == 1_800_000_030
     assert pw not in cmd["id"] and cmd["id"] == rotation.command_id(DEV, pw)
     assert rotation.command_id(DEV, pw) != rotation.command_id(OTHER, pw)
     assert rotatecmd.check_rotate_command(cmd) == (8884, pw, None)
