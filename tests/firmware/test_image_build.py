@@ -203,7 +203,9 @@ with tempfile.TemporaryDirectory() as tmp:
     asyncio.run(briefly())
     assert sim.device.seq > 0, "the simulated device did not run"
 import device
-for name in device.RARE:  # imported for rare jobs only (a command, an update, a scrape): resolve them too
+# imported for rare jobs only (a command, an update, a scrape), and rotate and
+# rotatecmd only for a rotation (kept out of RARE, see device.py): resolve them too
+for name in device.RARE + ("rotate", "rotatecmd"):
     __import__(name)
 print(json.dumps(sorted(str(pathlib.Path(m.__file__).resolve()) for m in list(sys.modules.values())
                         if getattr(m, "__file__", None))))
