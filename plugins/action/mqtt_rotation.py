@@ -203,7 +203,7 @@ class ActionModule(ActionBase):
         statuses = {}
         for m in session.events():
             if m.channel == "status":
-                statuses[m.device_id] = rotation.decode(m.payload)
+                statuses[m.device_id] = fleetmqtt.decode(m.payload)
         if pem is not None:
             plan = rotation.plan_stage_ca(devices, pem, record, statuses)
         else:
@@ -238,7 +238,7 @@ class ActionModule(ActionBase):
                 d = by_id.get(m.device_id)
                 if d is None or m.channel != "cmd/ack":
                     continue
-                if d.on_ack(rotation.decode(m.payload)):
+                if d.on_ack(fleetmqtt.decode(m.payload)):
                     waiting -= 1
                     if d.state == rotation.PROVEN:
                         record.prove(d.id, d.cmd_id, time.time())

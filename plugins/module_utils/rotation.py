@@ -147,14 +147,6 @@ def command_id(device, password):
     return contract.check_command_id("rotate-" + digest[:16])
 
 
-def decode(payload):
-    try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def answer(ack, cmd_id):
     """(state, detail) of a device's cmd/ack to this rotation, or None."""
     if not isinstance(ack, dict) or ack.get("id") != cmd_id or ack.get("cmd") not in (None, "rotate"):
