@@ -104,9 +104,9 @@ def test_the_flash_station_copies_the_device_contract_and_what_the_image_imports
     copied = {p.relative_to(ROOT).as_posix() for p in py_files(*dirs)} | set(files)
     assert {f for f in files if f.startswith("plugins/module_utils/")} == {
         f"plugins/module_utils/{m}.py" for m in common.CONTRACT_MODULES}
-    needed, todo = set(), [ROOT / "firmware" / "image" / "__init__.py", ROOT / "firmware" / "image" / "__main__.py"]
-    while todo:
-        path = todo.pop()
+    needed, unread = set(), [ROOT / "firmware" / "image" / "__init__.py", ROOT / "firmware" / "image" / "__main__.py"]
+    while unread:
+        path = unread.pop()
         rel = path.relative_to(ROOT).as_posix()
         if rel in needed:
             continue
@@ -115,7 +115,7 @@ def test_the_flash_station_copies_the_device_contract_and_what_the_image_imports
             if under(name, "firmware"):
                 for candidate in (ROOT / (name.replace(".", "/") + ".py"), ROOT / name.replace(".", "/") / "__init__.py"):
                     if candidate.is_file():
-                        todo.append(candidate)
+                        unread.append(candidate)
     assert needed - copied == set(), "firmware.image imports files the flash_station role does not copy"
 
 
